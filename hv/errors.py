@@ -1,0 +1,86 @@
+"""Every failure hv reports: one line of what went wrong, one hint, a Docker exit code.
+
+Nothing from libvirt, paramiko or subprocess leaves hv/ untranslated; the CLI prints
+`message` and `hint:` and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class HvError(Exception):
+    """Base class: message, hint and Docker's exit code (125 = hv itself failed)."""
+
+    exit_code = 125
+    hint = "run the command again with --debug for details"
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(HvError):
+    """A bad flag value or argument (Docker answers 125)."""
+
+    hint = "see 'hv COMMAND --help'"
+
+
+class NotFound(HvError):
+    """A container, image or volume that does not exist."""
+
+
+class ImageNotFound(NotFound):
+    hint = "check the name with 'hv images', or pull it with 'hv pull IMAGE'"
+
+
+class ContainerNotFound(NotFound):
+    hint = "list containers with 'hv ps -a'"
+
+
+class Conflict(HvError):
+    """A name in use, an image used by a container, a running container to remove."""
+
+
+class RegistryError(HvError):
+    """The registry could not be reached or answered with an error."""
+
+    hint = "check the image name and that the registry is reachable"
+
+
+class DigestMismatch(RegistryError):
+    hint = "the registry served corrupt content; pull again or report it to the registry owner"
+
+
+class RuntimeFailure(HvError):
+    """The hypervisor (libvirt/QEMU) failed to do what was asked."""
+
+    hint = "read the libvirt log under HV_ROOT/libvirt/ and run with --debug"
+
+
+class GuestAssetsMissing(HvError):
+    hint = "run 'make setup' to build the guest kernel and initramfs"
+
+
+class CommandNotFound(HvError):
+    """The container's command does not exist in the image (Docker's 127)."""
+
+    exit_code = 127
+    hint = "check the command and the image's PATH; 'hv inspect IMAGE' shows Entrypoint and Cmd"
+
+
+class CommandNotExecutable(HvError):
+    """The container's command exists but cannot be run (Docker's 126)."""
+
+    exit_code = 126
+    hint = "check the file's mode and format inside the image"
+
+
+class Interrupted(HvError):
+    exit_code = 130
+    hint = "nothing was left behind; run the command again when ready"

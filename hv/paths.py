@@ -1,0 +1,147 @@
+"""Every file and folder hv keeps, named once.
+
+The state root is `$HV_ROOT`, else `/var/lib/hv` for root, else `~/.local/share/hv`.
+Nobody else joins path pieces by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def state_root() -> Path:
+    env = os.environ.get("HV_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/hv")
+    return Path.home() / ".local/share/hv"
+
+
+def cache_root() -> Path:
+    """Build caches shared by every checkout on this machine (guest kernel, test images)."""
+    env = os.environ.get("HV_CACHE")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/hv")
+    return Path.home() / ".cache/hv"
+
+
+# --- guest assets (kernel, initramfs, kernel command line) -------------------------------
+
+
+def guest_dir() -> Path:
+    env = os.environ.get("HV_GUEST_DIR")
+    return Path(env) if env else state_root() / "guest"
+
+
+def guest_kernel() -> Path:
+    return guest_dir() / "vmlinuz"
+
+
+def guest_initrd() -> Path:
+    return guest_dir() / "initrd.img"
+
+
+def guest_cmdline() -> Path:
+    return guest_dir() / "cmdline"
+
+
+# --- libvirt ----------------------------------------------------------------------------
+
+
+def libvirt_root() -> Path:
+    return state_root() / "libvirt"
+
+
+def libvirt_log() -> Path:
+    return state_root() / "libvirt.log"
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def images_root() -> Path:
+    return state_root() / "images"
+
+
+def blobs_dir() -> Path:
+    return images_root() / "blobs" / "sha256"
+
+
+def blob(digest: str) -> Path:
+    """`digest` is 'sha256:<hex>'."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or not hexpart:
+        raise ValueError(f"unsupported digest {digest!r}")
+    return blobs_dir() / hexpart
+
+
+def image_index() -> Path:
+    return images_root() / "index.json"
+
+
+def image_lock() -> Path:
+    return images_root() / "index.lock"
+
+
+def base_disks_dir() -> Path:
+    return images_root() / "disks"
+
+
+def base_disk(image_id: str) -> Path:
+    """The ext4 base disk of an image, named by the image id (its config digest)."""
+    return base_disks_dir() / (image_id.partition(":")[2] + ".ext4")
+
+
+def tmp_dir() -> Path:
+    """Scratch space on the same filesystem as the store, so renames are atomic."""
+    return state_root() / "tmp"
+
+
+# --- containers -------------------------------------------------------------------------
+
+
+def containers_dir() -> Path:
+    return state_root() / "containers"
+
+
+def container_dir(cid: str) -> Path:
+    return containers_dir() / cid
+
+
+def container_disk(cid: str) -> Path:
+    """qcow2 overlay on the image's base disk."""
+    return container_dir(cid) / "disk.qcow2"
+
+
+def container_seed(cid: str) -> Path:
+    """ISO 9660 seed carrying the container spec into the guest."""
+    return container_dir(cid) / "seed.iso"
+
+
+def container_log(cid: str) -> Path:
+    """Framed stdout/stderr records written by the guest agent (virtio-serial `hv.log`)."""
+    return container_dir(cid) / "log"
+
+
+def container_status(cid: str) -> Path:
+    """`started` / `exited CODE` lines from the guest agent (virtio-serial `hv.status`)."""
+    return container_dir(cid) / "status"
+
+
+def container_console(cid: str) -> Path:
+    """Kernel and agent messages (serial ttyS0): what to read when a guest will not boot."""
+    return container_dir(cid) / "console.log"
+
+
+def container_started(cid: str) -> Path:
+    """Host time of the last start, written by hv."""
+    return container_dir(cid) / "started"
+
+
+def container_lock(cid: str) -> Path:
+    """Held while the container is being created, so garbage collection leaves it alone."""
+    return container_dir(cid) / "lock"
