@@ -1,0 +1,151 @@
+#!/bin/bash
+# Build the guest of an hv container VM: vmlinuz, initrd.img (the agent) and cmdline.
+#
+#   guest-images/build.sh OUTDIR
+#
+# The result is cached in ${HV_CACHE:-/var/cache/hv}/guest/<hash>, where the hash covers
+# this script, everything under agent/ and the versions of the packages it is built from;
+# a cached build is only hard-linked (or copied) into OUTDIR.
+#
+# Environment: HV_CACHE (cache root), HV_INITRD_COMPRESS (none|gzip|lz4|zstd|xz; default lz4).
+set -euo pipefail
+
+die() { echo "guest-images/build.sh: $*" >&2; exit 1; }
+[ $# -eq 1 ] || die "usage: build.sh OUTDIR"
+OUT=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+AGENT=$HERE/agent
+COMPRESS=${HV_INITRD_COMPRESS:-lz4}
+
+if [ -n "${HV_CACHE:-}" ]; then CACHE=$HV_CACHE
+elif [ "$(id -u)" = 0 ]; then CACHE=/var/cache/hv
+else CACHE=$HOME/.cache/hv; fi
+
+# --- what we build from -------------------------------------------------------------------
+need_pkg() {
+	dpkg-query -W -f '${Package} ${Version} ${db:Status-Status}\n' "$1" 2>/dev/null |
+		grep -q ' installed$' || die "package $1 is not installed (apt-get install $1)"
+	dpkg-query -W -f '${Package}=${Version}\n' "$1"
+}
+PKGS=$(for p in linux-image-cloud-amd64 busybox-static openssh-server gcc libc6-dev cpio; do
+	need_pkg "$p"; done)
+case $COMPRESS in
+none | gzip) ;;
+lz4) PKGS+=$'\n'$(need_pkg lz4) ;;
+zstd) PKGS+=$'\n'$(need_pkg zstd) ;;
+xz) PKGS+=$'\n'$(need_pkg xz-utils) ;;
+*) die "HV_INITRD_COMPRESS=$COMPRESS: use none, gzip, lz4, zstd or xz" ;;
+esac
+# The kernel the cloud metapackage points at, e.g. "linux-image-6.1.0-56-cloud-amd64 (= ...)".
+KPKG=$(dpkg-query -W -f '${Depends}' linux-image-cloud-amd64 | sed 's/[ ,(].*//')
+KVER=${KPKG#linux-image-}
+PKGS+=$'\n'$(need_pkg "$KPKG")
+KERNEL=/boot/vmlinuz-$KVER
+MODDIR=/lib/modules/$KVER
+[ -r "$KERNEL" ] || die "cannot read $KERNEL (run as root?)"
+[ -r "$MODDIR/modules.dep" ] || die "no $MODDIR/modules.dep"
+
+HASH=$( (cat "$0"; find "$AGENT" -type f | LC_ALL=C sort | xargs cat; echo "$PKGS $COMPRESS") |
+	sha256sum | cut -c1-16)
+ENTRY=$CACHE/guest/$HASH
+
+install_out() {
+	mkdir -p "$OUT"
+	for f in vmlinuz initrd.img cmdline; do
+		ln -f "$ENTRY/$f" "$OUT/$f" 2>/dev/null || cp -f "$ENTRY/$f" "$OUT/$f"
+	done
+	echo "guest: $OUT (cache $ENTRY)"
+}
+if [ -f "$ENTRY/cmdline" ]; then install_out; exit 0; fi
+
+# --- build into a temporary folder next to the cache entry, then rename -------------------
+mkdir -p "$CACHE/guest"
+WORK=$(mktemp -d "$CACHE/guest/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+R=$WORK/root
+mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,lib/modules,usr/sbin}
+
+# Stage 1 and stage 2 of the agent.
+install -m 0755 "$AGENT/init" "$R/init"
+gcc -static -Os -Wall -Wextra -o "$R/sbin/hv-init" "$AGENT/hv-init.c"
+strip "$R/sbin/hv-init"
+
+# busybox with its applets as links (so the script and, later, sshd sessions have a shell).
+install -m 0755 /bin/busybox "$R/bin/busybox"
+for a in $(/bin/busybox --list); do
+	[ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"
+done
+
+# Kernel modules: each wanted module and its dependencies, deps first (modules.dep lists a
+# module's whole dependency closure; a depth-first walk puts every dependency first).
+declare -A DEP PATHOF DONE
+while IFS=: read -r path deps; do
+	name=$(basename "$path"); name=${name%%.ko*}; name=${name//-/_}
+	PATHOF[$name]=$path
+	DEP[$path]=$deps
+done <"$MODDIR/modules.dep"
+BUILTIN=" $(sed 's|.*/||; s|\.ko.*||; s|-|_|g' "$MODDIR/modules.builtin" | tr '\n' ' ') "
+visit() {
+	local path=$1 d
+	[ -z "${DONE[$path]:-}" ] || return 0
+	DONE[$path]=1
+	for d in ${DEP[$path]}; do visit "$d"; done
+	local base; base=$(basename "$path"); base=${base%%.ko*}.ko
+	case $path in
+	*.ko) cp "$MODDIR/$path" "$R/lib/modules/$base" ;;
+	*.ko.xz) xz -dc "$MODDIR/$path" >"$R/lib/modules/$base" ;;
+	*.ko.zst) zstd -qdc "$MODDIR/$path" >"$R/lib/modules/$base" ;;
+	*.ko.gz) gzip -dc "$MODDIR/$path" >"$R/lib/modules/$base" ;;
+	*) die "unknown module format: $path" ;;
+	esac
+	echo "$base" >>"$R/lib/modules/load.list"
+}
+: >"$R/lib/modules/load.list"
+for m in $(grep -v '^#' "$AGENT/modules.list"); do
+	m=${m//-/_}
+	if [[ $BUILTIN == *" $m "* ]]; then continue; fi
+	[ -n "${PATHOF[$m]:-}" ] || die "module $m is neither built into $KVER nor in modules.dep"
+	visit "${PATHOF[$m]}"
+done
+
+# OpenSSH's sshd with its shared libraries, the way initramfs-tools' copy_exec does (ldd).
+copy_exec() {
+	local src=$1 dst=$R${2:-$1} lib
+	mkdir -p "$(dirname "$dst")"
+	cp -L "$src" "$dst"
+	for lib in $(ldd "$src" | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^\s*\(\/[^ ]*\) .*/\1/p'); do
+		[ -e "$R$lib" ] && continue
+		mkdir -p "$R$(dirname "$lib")"
+		cp -L "$lib" "$R$lib"
+	done
+}
+copy_exec /usr/sbin/sshd
+printf 'root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n' >"$R/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"
+
+# /dev/console must exist in the initramfs, or init starts without stdin/stdout/stderr.
+if [ "$(id -u)" = 0 ]; then mknod -m 0600 "$R/dev/console" c 5 1; fi
+
+# The archive: fixed owners and times, sorted names, so the same inputs give the same bytes.
+find "$R" -exec touch -h -d @0 {} +
+(cd "$R" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) \
+	>"$WORK/initrd.cpio"
+case $COMPRESS in
+none) mv "$WORK/initrd.cpio" "$WORK/initrd.img" ;;
+gzip) gzip -9 -n <"$WORK/initrd.cpio" >"$WORK/initrd.img" ;;
+lz4) lz4 -q -l -9 <"$WORK/initrd.cpio" >"$WORK/initrd.img" ;;
+zstd) zstd -q -19 <"$WORK/initrd.cpio" >"$WORK/initrd.img" ;;
+xz) xz --check=crc32 -9 <"$WORK/initrd.cpio" >"$WORK/initrd.img" ;;
+esac
+rm -f "$WORK/initrd.cpio"
+rm -rf "$R"
+
+cp "$KERNEL" "$WORK/vmlinuz"
+# Measured under TCG (see bench/rawboot.py and the report in guest-images/README.md).
+printf '%s' "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check cryptomgr.notests \
+i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd" >"$WORK/cmdline"
+chmod 0644 "$WORK"/{vmlinuz,initrd.img,cmdline}
+
+trap - EXIT
+if ! mv -T "$WORK" "$ENTRY" 2>/dev/null; then rm -rf "$WORK"; fi # lost a race: fine
+install_out

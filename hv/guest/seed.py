@@ -1,0 +1,87 @@
+"""The seed ISO: the container spec, carried into the guest on a read-only virtio disk.
+
+An ISO 9660 image with Rock Ridge names (the guest agent mounts it and reads the real names),
+one value per file: `argv` and `env` hold NUL-terminated items, the rest plain text without a
+trailing newline. Values may hold any byte except NUL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycdlib
+
+VOLUME_ID = "HVSEED"
+
+
+@dataclass
+class GuestSpec:
+    container_id: str
+    argv: list[str]  # ENTRYPOINT + CMD, already merged by the host; non-empty
+    env: list[str]  # "KEY=VALUE", final list (image Env + -e, HOSTNAME, PATH)
+    workdir: str = "/"
+    user: str = ""  # "", "name", "uid", "name:group", "uid:gid"
+    hostname: str = ""
+    tty: bool = False
+    stdin_open: bool = False
+
+
+def _nul_list(items: list[str], what: str) -> bytes:
+    out = bytearray()
+    for item in items:
+        b = item.encode()
+        if b"\0" in b:
+            raise ValueError(f"{what} item {item!r} contains a NUL byte")
+        out += b + b"\0"
+    return bytes(out)
+
+
+def _text(value: str, what: str) -> bytes:
+    b = value.encode()
+    if b"\0" in b:
+        raise ValueError(f"{what} {value!r} contains a NUL byte")
+    return b
+
+
+def seed_files(spec: GuestSpec) -> dict[str, bytes]:
+    """The seed's files by name (what the guest agent reads)."""
+    if not spec.argv:
+        raise ValueError("argv must not be empty")
+    return {
+        "argv": _nul_list(spec.argv, "argv"),
+        "env": _nul_list(spec.env, "env"),
+        "workdir": _text(spec.workdir or "/", "workdir"),
+        "user": _text(spec.user, "user"),
+        "hostname": _text(spec.hostname, "hostname"),
+        "id": _text(spec.container_id, "container id"),
+        "tty": b"1" if spec.tty else b"0",
+        "stdin_open": b"1" if spec.stdin_open else b"0",
+    }
+
+
+def write_seed(path: Path, spec: GuestSpec) -> None:
+    """Write the seed ISO for `spec` at `path` atomically (temporary file + rename)."""
+    path = Path(path)
+    files = seed_files(spec)
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
+    try:
+        for i, (name, data) in enumerate(files.items()):
+            iso.add_fp(io.BytesIO(data), len(data), f"/F{i}.;1", rr_name=name)
+        fd, tmp = tempfile.mkstemp(prefix=".seed.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                iso.write_fp(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        iso.close()
