@@ -1,0 +1,74 @@
+# hv: every target does its own setup and is idempotent.
+#   make setup   apt packages, .venv, guest kernel + agent initramfs, offline images
+#   make demo    run a real container (a QEMU VM) from an offline image
+#   make test    the whole suite (real guests; TCG where KVM is not usable)
+#   make bench   speed and memory, as ratios against baselines measured in the same run
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HV     := $(VENV)/bin/hv
+ROOT_UID := $(shell id -u)
+SUDO   := $(if $(filter 0,$(ROOT_UID)),,sudo)
+CACHE  := $(or $(HV_CACHE),$(if $(filter 0,$(ROOT_UID)),/var/cache/hv,$(HOME)/.cache/hv))
+IMAGES := $(CACHE)/images/out
+GUEST  := $(CACHE)/guest/current
+
+APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
+  libvirt-dev pkg-config gcc libc6-dev python3-venv python3-dev \
+  skopeo umoci e2fsprogs busybox-static openssh-server openssh-client docker-registry \
+  debootstrap crun runc linux-image-cloud-amd64 cpio lz4 zstd xz-utils kmod
+
+.PHONY: setup apt venv guest images demo test test-unit bench lint clean-state
+
+setup: apt venv guest images
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f '$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# libvirt's QEMU driver wants its default user to exist even when configured otherwise
+	@getent group libvirt-qemu >/dev/null || $(SUDO) groupadd --system libvirt-qemu
+	@getent passwd libvirt-qemu >/dev/null || $(SUDO) useradd --system --no-create-home \
+	  --home-dir /var/lib/libvirt --shell /usr/sbin/nologin -g libvirt-qemu libvirt-qemu
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: apt $(VENV)/.installed
+
+guest: apt
+	guest-images/build.sh $(GUEST)
+
+images: apt
+	guest-images/images/busybox.sh $(IMAGES)
+	guest-images/images/debian.sh $(IMAGES)
+
+demo: setup
+	@export HV_GUEST_DIR=$(GUEST); \
+	$(HV) images -q busybox:latest | grep -q . || $(HV) load -i $(IMAGES)/busybox.oci.tar; \
+	echo '$$ hv run --rm busybox sh -c "echo hello from a VM; uname -sr; cat /proc/cpuinfo | grep -m1 ^model.name"'; \
+	$(HV) run --rm busybox sh -c 'echo hello from a VM; uname -sr; grep -m1 "^model name" /proc/cpuinfo'; \
+	echo '$$ hv run --rm busybox sh -c "exit 3"'; \
+	$(HV) run --rm busybox sh -c 'exit 3'; echo "exit code: $$?"
+
+test: setup
+	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: setup
+	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) bench/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check hv cli tests bench

@@ -1,0 +1,182 @@
+"""Containers as users see them: a record in a libvirt domain's metadata plus a folder.
+
+libvirt is the container table: `ps -a` lists domains that carry an hv record; a stopped
+container is a defined, inactive domain. What happened inside (started, exit code) comes
+from the files the guest agent writes through virtio-serial, so the state of a container
+can be read without the guest running and without hv having watched it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from hv import paths
+
+
+@dataclass
+class Record:
+    """What `run` decided; stored as JSON in the domain's metadata, never changed after."""
+
+    id: str
+    name: str
+    image: str  # as the user typed it ("busybox")
+    image_id: str
+    created: float
+    entrypoint: list[str]
+    cmd: list[str]
+    env: list[str]
+    workdir: str
+    user: str
+    hostname: str
+    memory_mib: int
+    vcpus: int
+    nano_cpus: int = 0
+    auto_remove: bool = False
+    accel: str = "tcg"
+    base_disk: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def argv(self) -> list[str]:
+        return self.entrypoint + self.cmd
+
+
+@dataclass
+class State:
+    status: str  # created | running | exited
+    running: bool
+    exit_code: int
+    started_at: float | None
+    finished_at: float | None
+    error: str = ""
+
+
+@dataclass
+class Container:
+    record: Record
+    active: bool
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def short_id(self) -> str:
+        return self.record.id[:12]
+
+    def state(self) -> State:
+        from hv.guest.logstream import read_status
+
+        cid = self.id
+        started_at = _read_float(paths.container_started(cid))
+        if self.active:
+            return State("running", True, 0, started_at, None)
+        status = read_status(paths.container_status(cid))
+        if started_at is None:
+            return State("created", False, 0, None, None)
+        finished_at = _mtime(paths.container_status(cid)) or started_at
+        if status.exit_code is not None:
+            return State("exited", False, status.exit_code, started_at, finished_at,
+                         status.error or "")
+        # powered off without the agent saying how: the VM was killed
+        return State("exited", False, 137, started_at, finished_at,
+                     "the VM stopped without reporting an exit code")
+
+    def inspect(self) -> dict:
+        r = self.record
+        st = self.state()
+        argv = r.argv
+        return {
+            "Id": r.id,
+            "Created": rfc3339(r.created),
+            "Path": argv[0] if argv else "",
+            "Args": argv[1:],
+            "State": {
+                "Status": st.status,
+                "Running": st.running,
+                "Paused": False,
+                "Restarting": False,
+                "OOMKilled": False,
+                "Dead": False,
+                "Pid": 0,
+                "ExitCode": st.exit_code,
+                "Error": st.error,
+                "StartedAt": rfc3339(st.started_at),
+                "FinishedAt": rfc3339(st.finished_at),
+            },
+            "Image": r.image_id,
+            "LogPath": str(paths.container_log(r.id)),
+            "Name": "/" + r.name,
+            "RestartCount": 0,
+            "Driver": "qcow2",
+            "Platform": "linux",
+            "HostConfig": {
+                "Memory": r.memory_mib * 1024 * 1024,
+                "NanoCpus": r.nano_cpus,
+                "AutoRemove": r.auto_remove,
+                "NetworkMode": "user",
+            },
+            "Config": {
+                "Hostname": r.hostname,
+                "User": r.user,
+                "Env": r.env,
+                "Cmd": r.cmd,
+                "Image": r.image,
+                "WorkingDir": r.workdir,
+                "Entrypoint": r.entrypoint or None,
+                "Tty": False,
+                "OpenStdin": False,
+                "Labels": {},
+            },
+            "VM": {
+                "Domain": r.name,
+                "Accelerator": r.accel,
+                "Vcpus": r.vcpus,
+                "MemoryMiB": r.memory_mib,
+                "BaseDisk": r.base_disk,
+                "Disk": str(paths.container_disk(r.id)),
+                "Seed": str(paths.container_seed(r.id)),
+                "Console": str(paths.container_console(r.id)),
+            },
+        }
+
+
+def _read_float(path) -> float | None:
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def rfc3339(ts: float | None) -> str:
+    if ts is None:
+        return "0001-01-01T00:00:00Z"
+    dt = datetime.fromtimestamp(ts, UTC)
+    frac = f"{ts % 1:.9f}"[2:]
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + frac + "Z"
+
+
+def now() -> float:
+    return time.time()

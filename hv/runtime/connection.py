@@ -1,0 +1,131 @@
+"""Opening libvirt for exactly one operation.
+
+The embedded driver (`qemu:///embed?root=…`) needs no daemon, but only one process may
+hold a root at a time (its driver.pid lock). hv therefore opens, acts and closes, and two
+hv processes queue on a flock of their own before libvirt's lock is tried, so a second
+terminal waits briefly instead of failing. `-H`/`HV_HOST` selects a daemon
+(`qemu:///system`, `qemu+ssh://host/system`), where no lock is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from hv import paths
+from hv.errors import RuntimeFailure
+
+LOCK_WAIT_SECONDS = 60.0
+
+QEMU_CONF = """\
+# Written by hv for its embedded libvirt driver.
+stdio_handler = "file"
+security_driver = "none"
+namespaces = []
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+"""
+
+
+def uri() -> str:
+    return os.environ.get("HV_HOST") or f"qemu:///embed?root={paths.libvirt_root()}"
+
+
+def is_embedded(u: str | None = None) -> bool:
+    return (u or uri()).startswith("qemu:///embed")
+
+
+def _prepare_embed_root() -> None:
+    conf = paths.libvirt_root() / "etc" / "qemu.conf"
+    if not conf.exists() or conf.read_text() != QEMU_CONF:
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = conf.with_suffix(".tmp")
+        tmp.write_text(QEMU_CONF)
+        tmp.replace(conf)
+
+
+_libvirt = None
+
+
+def libvirt_module():
+    """Import libvirt once, its logs sent to a file and its error printer silenced."""
+    global _libvirt
+    if _libvirt is None:
+        paths.state_root().mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{paths.libvirt_log()}")
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        libvirt.virEventRegisterDefaultImpl()
+        _libvirt = libvirt
+    return _libvirt
+
+
+@contextlib.contextmanager
+def _queue_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(
+                        f"another hv command has held {path.parent} for over "
+                        f"{LOCK_WAIT_SECONDS:.0f} seconds",
+                        hint="wait for it to finish, or find it with 'fuser -v " f"{path}'",
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def connect() -> Iterator[object]:
+    """A libvirt connection for one operation; closed (and the root released) on exit."""
+    libvirt = libvirt_module()
+    u = uri()
+    lock = contextlib.nullcontext()
+    if is_embedded(u):
+        _prepare_embed_root()
+        lock = _queue_lock(paths.libvirt_root() / "hv.lock")
+    with lock:
+        conn = _open(libvirt, u)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _open(libvirt, u: str):
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            return libvirt.open(u)
+        except libvirt.libvirtError as e:
+            msg = str(e)
+            if "driver.pid" in msg and time.monotonic() < deadline:
+                time.sleep(delay)  # a non-hv process holds the embedded root
+                delay = min(delay * 2, 0.2)
+                continue
+            raise RuntimeFailure(
+                f"cannot open libvirt at {u}: {first_line(msg)}",
+                hint="check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
+                "('make setup')",
+            ) from None
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"

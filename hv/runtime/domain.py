@@ -1,0 +1,156 @@
+"""Domain XML as small typed objects, not string templates.
+
+Each device knows how to write itself as an ElementTree element; `DomainSpec.to_xml()`
+assembles them. Golden files in tests/unit/golden/ pin the result.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HV_NS = "https://hv.dev/xmlns/container/1"
+HV_PREFIX = "hv"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        el.text = text
+    return el
+
+
+@dataclass
+class Disk:
+    """A virtio-blk disk the guest finds by its serial (no reliance on vda/vdb order)."""
+
+    path: Path
+    serial: str
+    target: str
+    fmt: str = "qcow2"
+    readonly: bool = False
+
+    def element(self, devices: ET.Element) -> None:
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type=self.fmt, discard="unmap")
+        _sub(disk, "source", file=str(self.path))
+        _sub(disk, "target", dev=self.target, bus="virtio")
+        if self.readonly:
+            _sub(disk, "readonly")
+        _sub(disk, "serial", self.serial)
+
+
+@dataclass
+class FileChannel:
+    """A virtio-serial port backed by a host file: how the guest agent talks back."""
+
+    name: str
+    path: Path
+    append: bool = False
+
+    def element(self, devices: ET.Element) -> None:
+        ch = _sub(devices, "channel", type="file")
+        src = _sub(ch, "source", path=str(self.path))
+        if self.append:
+            src.set("append", "on")
+        _sub(ch, "target", type="virtio", name=self.name)
+
+
+@dataclass
+class FileSerial:
+    """ttyS0 into a host file: kernel and agent messages for post-mortems."""
+
+    path: Path
+
+    def element(self, devices: ET.Element) -> None:
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=str(self.path), append="on")
+        _sub(serial, "target", port="0")
+
+
+@dataclass
+class UserNetwork:
+    """SLIRP user networking: works unprivileged, no bridge, no vhost."""
+
+    model: str = "virtio"
+
+    def element(self, devices: ET.Element) -> None:
+        iface = _sub(devices, "interface", type="user")
+        _sub(iface, "model", type=self.model)
+
+
+@dataclass
+class DomainSpec:
+    name: str
+    uuid: str
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    memory_mib: int = 512
+    vcpus: int = 1
+    domain_type: str = "qemu"  # "qemu" = TCG, "kvm" = hardware
+    machine: str = "pc"
+    loader: Path | None = None  # firmware ROM (qboot) instead of SeaBIOS
+    emulator: Path | None = None
+    disks: list[Disk] = field(default_factory=list)
+    channels: list[FileChannel] = field(default_factory=list)
+    serial: FileSerial | None = None
+    network: UserNetwork | None = None
+    metadata: dict | None = None
+
+    def to_xml(self) -> str:
+        dom = ET.Element("domain", type=self.domain_type)
+        _sub(dom, "name", self.name)
+        _sub(dom, "uuid", self.uuid)
+        if self.metadata is not None:
+            meta = _sub(dom, "metadata")
+            rec = ET.SubElement(meta, f"{{{HV_NS}}}container")
+            rec.text = json.dumps(self.metadata, sort_keys=True)
+        _sub(dom, "memory", str(self.memory_mib), unit="MiB")
+        _sub(dom, "vcpu", str(self.vcpus), placement="static")
+        os_ = _sub(dom, "os")
+        _sub(os_, "type", "hvm", arch="x86_64", machine=self.machine)
+        if self.loader is not None:
+            _sub(os_, "loader", str(self.loader), type="rom", readonly="yes")
+        _sub(os_, "kernel", str(self.kernel))
+        _sub(os_, "initrd", str(self.initrd))
+        _sub(os_, "cmdline", self.cmdline)
+        features = _sub(dom, "features")
+        _sub(features, "acpi")
+        if self.domain_type == "kvm":
+            _sub(dom, "cpu", mode="host-passthrough")
+        _sub(dom, "clock", offset="utc")
+        for event in ("on_poweroff", "on_reboot", "on_crash"):
+            _sub(dom, event, "destroy")
+        devices = _sub(dom, "devices")
+        if self.emulator is not None:
+            _sub(devices, "emulator", str(self.emulator))
+        for disk in self.disks:
+            disk.element(devices)
+        _sub(devices, "controller", type="usb", model="none")
+        if self.network is not None:
+            self.network.element(devices)
+        if self.serial is not None:
+            self.serial.element(devices)
+        for ch in self.channels:
+            ch.element(devices)
+        _sub(devices, "memballoon", model="none")
+        ET.indent(dom)
+        return ET.tostring(dom, encoding="unicode") + "\n"
+
+
+ET.register_namespace(HV_PREFIX, HV_NS)
+
+
+def read_metadata(xml: str) -> dict | None:
+    """The hv record of a domain's XML, or None for a domain hv did not create."""
+    root = ET.fromstring(xml)
+    el = root.find(f"metadata/{{{HV_NS}}}container")
+    if el is None or not el.text:
+        return None
+    try:
+        return json.loads(el.text)
+    except ValueError:
+        return {}

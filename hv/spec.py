@@ -1,0 +1,198 @@
+"""How an image's config and `run`'s flags combine into what the guest runs.
+
+Docker's rules, exactly:
+- `--entrypoint X` replaces the image's ENTRYPOINT and drops its CMD; `--entrypoint ""`
+  clears it.
+- arguments after the image replace CMD; otherwise the image's CMD is used.
+- argv = entrypoint + cmd; empty -> "No command specified".
+- ENV: the image's, then `--env-file`, then `-e` (later wins, by key); `-e KEY` copies the
+  host's value or drops the key when the host has none.
+- WORKDIR: `-w`, else the image's, else "/". USER: `-u`, else the image's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hv.errors import UsageError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MIN_MEMORY_MIB = 64
+_ENV_KEY = re.compile(r"^[^=\s]+$")
+
+
+@dataclass
+class RunOptions:
+    """`run`'s flags, as parsed by the CLI but not yet validated."""
+
+    image: str
+    args: list[str] = field(default_factory=list)
+    name: str | None = None
+    detach: bool = False
+    auto_remove: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: str | None = None
+    hostname: str | None = None
+    memory: str | None = None
+    cpus: str | None = None
+
+
+@dataclass
+class ProcessSpec:
+    entrypoint: list[str]
+    cmd: list[str]
+    env: list[str]
+    workdir: str
+    user: str
+
+    @property
+    def argv(self) -> list[str]:
+        return self.entrypoint + self.cmd
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return ["/bin/sh", "-c", value]
+    return [str(v) for v in value]
+
+
+def parse_env_item(item: str, host_env: dict[str, str]) -> str | None:
+    """One `-e` value: KEY=VALUE, or KEY (copied from the host, None when unset there)."""
+    key, eq, _value = item.partition("=")
+    if not key or not _ENV_KEY.match(key):
+        raise UsageError(f"invalid environment variable: {item}", hint="use -e KEY=VALUE")
+    if eq:
+        return item
+    if key in host_env:
+        return f"{key}={host_env[key]}"
+    return None
+
+
+def read_env_file(path: str) -> list[str]:
+    """Docker's --env-file: KEY=VALUE lines, '#' comments and blank lines ignored."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(
+            f"open {path}: {e.strerror.lower() if e.strerror else e}",
+            hint="check the --env-file path",
+        ) from None
+    items = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        items.append(stripped)
+    return items
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """Docker's ReplaceOrAppendEnvValues: a key keeps its first position, the last value wins."""
+    order: dict[str, str] = {}
+    for item in base + extra:
+        order[item.partition("=")[0]] = item
+    return list(order.values())
+
+
+def process_spec(image_config: dict, opts: RunOptions, host_env: dict[str, str] | None = None
+                 ) -> ProcessSpec:
+    host_env = dict(os.environ) if host_env is None else host_env
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        cmd = list(opts.args)
+    else:
+        entrypoint = _as_list(image_config.get("Entrypoint"))
+        cmd = list(opts.args) if opts.args else _as_list(image_config.get("Cmd"))
+    if not entrypoint and not cmd:
+        raise UsageError(
+            "No command specified",
+            hint="give a command after the image name, or use an image with a CMD",
+        )
+    extra: list[str] = []
+    for path in opts.env_files:
+        for item in read_env_file(path):
+            value = parse_env_item(item, host_env)
+            if value is not None:
+                extra.append(value)
+    for item in opts.env:
+        value = parse_env_item(item, host_env)
+        if value is not None:
+            extra.append(value)
+    env = merge_env(list(image_config.get("Env") or []), extra)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, f"PATH={DEFAULT_PATH}")
+    workdir = opts.workdir if opts.workdir else (image_config.get("WorkingDir") or "/")
+    if not workdir.startswith("/"):
+        raise UsageError(
+            f"the working directory '{workdir}' is invalid, it needs to be an absolute path",
+            hint="use -w /absolute/path",
+        )
+    user = opts.user if opts.user is not None else (image_config.get("User") or "")
+    return ProcessSpec(entrypoint, cmd, env, workdir, user)
+
+
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)b?$", re.IGNORECASE)
+_UNIT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_memory(text: str) -> int:
+    """Docker's -m (`512m`, `1g`, `1.5G`, bytes) -> MiB for the VM."""
+    m = _MEM.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid argument \"{text}\" for \"-m, --memory\" flag: invalid size",
+                         hint="use a size like 512m or 2g")
+    n = float(m.group(1)) * _UNIT[m.group(2).lower()]
+    mib = int(math.ceil(n / 1024**2))
+    if mib < MIN_MEMORY_MIB:
+        raise UsageError(f"Minimum memory limit allowed is {MIN_MEMORY_MIB}MB for a VM",
+                         hint="a guest kernel needs room too: use -m 256m or more")
+    return mib
+
+
+def parse_cpus(text: str, host_cpus: int | None = None) -> tuple[int, float]:
+    """Docker's --cpus -> (vCPUs for the VM, the requested NanoCPUs as a float)."""
+    host_cpus = host_cpus or os.cpu_count() or 1
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"invalid argument \"{text}\" for \"--cpus\" flag: failed to parse {text} as a "
+            "rational number",
+            hint="use a number like 1 or 1.5",
+        ) from None
+    if not (0.01 <= value <= host_cpus) or math.isnan(value):
+        raise UsageError(
+            f"range of CPUs is from 0.01 to {host_cpus:.2f}, as there are only {host_cpus} CPUs "
+            "available",
+            hint=f"use --cpus between 0.01 and {host_cpus}",
+        )
+    return max(1, math.ceil(value)), value
+
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+def check_name(name: str) -> str:
+    name = name.lstrip("/")
+    if not _NAME.match(name):
+        raise UsageError(
+            f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed',
+            hint="pick another --name",
+        )
+    return name
+
+
+def check_hostname(hostname: str) -> str:
+    if not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", hostname):
+        raise UsageError(f"invalid hostname format: {hostname}",
+                         hint="use letters, digits, - and .")
+    return hostname

@@ -1,0 +1,63 @@
+"""Domain XML built from typed objects, pinned by a golden file."""
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from hv.runtime.domain import (
+    Disk,
+    DomainSpec,
+    FileChannel,
+    FileSerial,
+    UserNetwork,
+    read_metadata,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "container-domain.xml"
+
+
+def make() -> DomainSpec:
+    return DomainSpec(
+        name="web", uuid="0123abcd-0123-4567-89ab-0123456789ab", kernel=Path("/g/vmlinuz"),
+        initrd=Path("/g/initrd.img"), cmdline="console=ttyS0 quiet panic=-1", memory_mib=256,
+        vcpus=2,
+        disks=[Disk(Path("/c/disk.qcow2"), "hv-root", "vda"),
+               Disk(Path("/c/seed.iso"), "hv-seed", "vdb", fmt="raw", readonly=True)],
+        channels=[FileChannel("hv.log", Path("/c/log"), append=True),
+                  FileChannel("hv.status", Path("/c/status"))],
+        serial=FileSerial(Path("/c/console.log")), network=UserNetwork(),
+        metadata={"id": "0123", "name": "web", "cmd": ["echo", "<&>"]},
+    )
+
+
+def test_golden():
+    xml = make().to_xml()
+    if os.environ.get("HV_UPDATE_GOLDEN"):
+        GOLDEN.write_text(xml)
+    assert xml == GOLDEN.read_text()
+
+
+def test_metadata_round_trip_and_escaping():
+    xml = make().to_xml()
+    assert read_metadata(xml) == {"id": "0123", "name": "web", "cmd": ["echo", "<&>"]}
+    assert read_metadata("<domain><name>other</name></domain>") is None
+
+
+def test_kvm_and_firmware():
+    spec = make()
+    spec.domain_type = "kvm"
+    spec.loader = Path("/usr/share/qemu/qboot.rom")
+    root = ET.fromstring(spec.to_xml())
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough"
+    assert root.find("os/loader").text == "/usr/share/qemu/qboot.rom"
+
+
+def test_devices():
+    root = ET.fromstring(make().to_xml())
+    serials = [d.findtext("serial") for d in root.findall("devices/disk")]
+    assert serials == ["hv-root", "hv-seed"]
+    assert root.find("devices/disk[2]/readonly") is not None
+    names = [c.find("target").get("name") for c in root.findall("devices/channel")]
+    assert names == ["hv.log", "hv.status"]
+    assert root.findtext("on_poweroff") == root.findtext("on_crash") == "destroy"
