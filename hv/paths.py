@@ -145,3 +145,8 @@ def container_started(cid: str) -> Path:
 def container_lock(cid: str) -> Path:
     """Held while the container is being created, so garbage collection leaves it alone."""
     return container_dir(cid) / "lock"
+
+
+def base_disk_lock(image_id: str) -> Path:
+    """Held while an image's base disk is built, so two builders never race."""
+    return base_disks_dir() / (image_id.partition(":")[2] + ".lock")

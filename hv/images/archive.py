@@ -1,0 +1,306 @@
+"""`hv load` / `hv save`: docker-archive and OCI-archive tarballs.
+
+docker-archive is what `docker save` writes: manifest.json (Config, RepoTags, Layers paths),
+repositories, the config JSON and one tar per layer. Load reads whatever paths manifest.json
+names, so both the old `<id>/layer.tar` layout and Docker 25's `blobs/sha256/` one work. Save
+writes the old layout with layers as stored (Docker and skopeo accept compressed layer.tar).
+OCI-archive is an OCI image layout in a tar: oci-layout, index.json, blobs/sha256/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from hv.errors import HvError, UsageError
+from hv.images import blobs
+from hv.images.layers import compression
+from hv.images.reference import Reference
+from hv.images.store import _LAYER_TYPES, OCI_CONFIG, OCI_MANIFEST, Image, ImageStore
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+class ArchiveError(HvError):
+    hint = "give a tarball written by 'docker save', 'hv save' or 'skopeo copy ... oci-archive:'"
+
+
+# --- load -----------------------------------------------------------------------------------
+
+
+class _Tar:
+    """Random access to a tarball's members by normalised name."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.members = {m.name.removeprefix("./").lstrip("/"): m for m in tar.getmembers()}
+
+    def open(self, name: str) -> BinaryIO:
+        member = self.members.get(name.removeprefix("./").lstrip("/"))
+        if member is None or not (member.isreg() or member.islnk()):
+            raise ArchiveError(f"the archive lacks {name}")
+        f = self.tar.extractfile(member)
+        if f is None:
+            raise ArchiveError(f"the archive lacks {name}")
+        return f
+
+    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+        with self.open(name) as f:
+            return f.read(limit)
+
+    def json(self, name: str):
+        try:
+            return json.loads(self.read(name))
+        except ValueError as e:
+            raise ArchiveError(f"{name} in the archive is not valid JSON") from e
+
+
+def load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
+    if isinstance(source, (str, Path)):
+        try:
+            return _load_file(store, Path(source))
+        except FileNotFoundError as e:
+            raise ArchiveError(f"open {source}: no such file or directory",
+                               hint="check the path given to -i") from e
+    with blobs.temp_file(prefix="load-") as tmp:
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        if tmp.stat().st_size == 0:
+            raise ArchiveError("requested load from stdin, but stdin is empty",
+                               hint="pipe a tarball into 'hv load' or give -i FILE")
+        return _load_file(store, tmp)
+
+
+def _load_file(store: ImageStore, path: Path) -> list[str]:
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            tar = _Tar(tf)
+            if "manifest.json" in tar.members:
+                loaded = _load_docker(store, tar)
+            elif "index.json" in tar.members:
+                loaded = _load_oci(store, tar)
+            else:
+                raise ArchiveError("the archive has neither manifest.json nor index.json")
+    except (tarfile.TarError, EOFError) as e:
+        raise ArchiveError(f"the archive is not a valid tarball: {e}") from e
+    except ValueError as e:
+        raise ArchiveError(f"the archive holds a document that is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ArchiveError(f"cannot read the archive: {e.strerror or e}") from e
+    lines = []
+    for image_id, tags in loaded:
+        lines += [f"Loaded image: {t}" for t in tags] or [f"Loaded image ID: {image_id}"]
+    for image_id, _ in loaded:
+        store.base_disk(store.get(image_id))
+    return lines
+
+
+def _familiar_tags(names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        ref = Reference.parse(name)
+        if ref.digest is None:
+            out.append(ref.familiar())
+    return out
+
+
+def _store_layer(tar: _Tar, name: str, digest: str | None = None) -> tuple[str, int, str]:
+    with tar.open(name) as f:
+        digest, size = blobs.put_stream(f, digest)
+    with open(blobs.path(digest), "rb") as f:
+        kind = compression(f)
+    return digest, size, kind
+
+
+def _synth_manifest(config_digest: str, config: bytes, layers: list[tuple[str, int, str]]) -> str:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [
+            {"mediaType": _LAYER_TYPES[kind], "digest": d, "size": s} for d, s, kind in layers
+        ],
+    }
+    return blobs.put_bytes(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _load_docker(store: ImageStore, tar: _Tar) -> list[tuple[str, list[str]]]:
+    entries = tar.json("manifest.json")
+    if not isinstance(entries, list):
+        raise ArchiveError("manifest.json in the archive is not a list")
+    loaded = []
+    for entry in entries:
+        try:
+            config_name, layer_names = entry["Config"], list(entry["Layers"])
+            tags = _familiar_tags(entry.get("RepoTags") or [])
+        except (KeyError, TypeError) as e:
+            raise ArchiveError("manifest.json in the archive lacks Config or Layers") from e
+        config = tar.read(config_name)
+        config_digest = blobs.put_bytes(config)
+        try:
+            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArchiveError(f"{config_name} in the archive is not an image config") from e
+        if len(diff_ids) != len(layer_names):
+            raise ArchiveError(
+                f"{config_name} lists {len(diff_ids)} layers but manifest.json {len(layer_names)}"
+            )
+        layers = []
+        for name, diff_id in zip(layer_names, diff_ids, strict=True):
+            digest, size, kind = _store_layer(tar, name)
+            if kind == "none" and digest != diff_id:
+                raise ArchiveError(f"layer {name} does not match {diff_id} in the image config")
+            layers.append((digest, size, kind))
+        manifest = _synth_manifest(config_digest, config, layers)
+        size = sum(s for _, s, _ in layers)
+        store._commit(config_digest, manifest, [d for d, _, _ in layers], size, tags, [])
+        loaded.append((config_digest, tags))
+    return loaded
+
+
+def _blob_name(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    return f"blobs/{algo}/{hexpart}"
+
+
+def _load_oci(store: ImageStore, tar: _Tar) -> list[tuple[str, list[str]]]:
+    loaded = []
+    for desc in tar.json("index.json").get("manifests", []):
+        annotations = desc.get("annotations") or {}
+        name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME, "")
+        tags = _familiar_tags([name]) if name and any(c in name for c in ":/") else []
+        digest = desc.get("digest", "")
+        body = tar.read(_blob_name(digest))
+        doc = json.loads(body)
+        if desc.get("mediaType") in INDEX_TYPES or doc.get("mediaType") in INDEX_TYPES:
+            from hv.images.pull import _pick_platform
+
+            digest = _pick_platform(doc, "the archive")
+            body = tar.read(_blob_name(digest))
+            doc = json.loads(body)
+        manifest_digest = blobs.put_bytes(body, digest)
+        try:
+            config_digest = doc["config"]["digest"]
+            layer_digests = [d["digest"] for d in doc["layers"]]
+        except (KeyError, TypeError) as e:
+            raise ArchiveError(f"manifest {digest} in the archive lacks config or layers") from e
+        config = tar.read(_blob_name(config_digest))
+        blobs.put_bytes(config, config_digest)
+        size = 0
+        for layer in layer_digests:
+            if not blobs.exists(layer):
+                _store_layer(tar, _blob_name(layer), layer)
+            size += blobs.path(layer).stat().st_size
+        store._commit(config_digest, manifest_digest, layer_digests, size, tags, [])
+        loaded.append((config_digest, tags))
+    if not loaded:
+        raise ArchiveError("index.json in the archive lists no images")
+    return loaded
+
+
+# --- save -----------------------------------------------------------------------------------
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_blob(tar: tarfile.TarFile, name: str, digest: str) -> None:
+    path = blobs.path(digest)
+    info = tarfile.TarInfo(name)
+    info.size = path.stat().st_size
+    info.mode = 0o644
+    with open(path, "rb") as f:
+        tar.addfile(info, f)
+
+
+def _tags_for(image: Image, name: str) -> list[str]:
+    """The tags a saved image carries: the one named, or all of them when saved by id."""
+    try:
+        ref = Reference.parse(name)
+    except UsageError:
+        return list(image.repo_tags)
+    if ref.familiar() in image.repo_tags:
+        return [ref.familiar()]
+    return list(image.repo_tags)
+
+
+def save(images: list[Image], names: list[str], dest: Path | BinaryIO, fmt: str) -> None:
+    if isinstance(dest, (str, Path)):
+        tmp = Path(str(dest) + ".hv-tmp")
+        try:
+            with open(tmp, "wb") as out:
+                _write(images, names, out, fmt)
+            tmp.replace(dest)
+        except OSError as e:
+            raise ArchiveError(f"cannot write {dest}: {e.strerror}", hint="check the -o path") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        _write(images, names, dest, fmt)
+
+
+def _write(images: list[Image], names: list[str], out: BinaryIO, fmt: str) -> None:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        if fmt == "oci":
+            _write_oci(tar, images, names)
+        else:
+            _write_docker(tar, images, names)
+
+
+def _write_docker(tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
+    manifest, repositories, written = [], {}, set()
+    for image, name in zip(images, names, strict=True):
+        config_name = image.id.removeprefix("sha256:") + ".json"
+        if config_name not in written:
+            _add_blob(tar, config_name, image.id)
+            written.add(config_name)
+        layer_names = []
+        for digest in image.layers:
+            layer_name = digest.removeprefix("sha256:") + "/layer.tar"
+            if layer_name not in written:
+                _add_blob(tar, layer_name, digest)
+                written.add(layer_name)
+            layer_names.append(layer_name)
+        tags = _tags_for(image, name)
+        manifest.append({"Config": config_name, "RepoTags": tags or None, "Layers": layer_names})
+        top = image.layers[-1].removeprefix("sha256:") if image.layers else ""
+        for tag in tags:
+            repo, _, t = tag.rpartition(":")
+            repositories.setdefault(repo, {})[t] = top
+    _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+    if repositories:
+        _add_bytes(tar, "repositories", json.dumps(repositories).encode())
+
+
+def _write_oci(tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
+    _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    written, descriptors = set(), []
+    for image, name in zip(images, names, strict=True):
+        for digest in [image.id, *image.layers, image.manifest_digest]:
+            if digest not in written:
+                _add_blob(tar, _blob_name(digest), digest)
+                written.add(digest)
+        body = blobs.read(image.manifest_digest)
+        media_type = json.loads(body).get("mediaType") or OCI_MANIFEST
+        base = {"mediaType": media_type, "digest": image.manifest_digest, "size": len(body)}
+        tags = _tags_for(image, name)
+        for tag in tags:
+            ref = Reference.parse(tag)
+            descriptors.append(
+                {**base, "annotations": {CONTAINERD_NAME: str(ref), REF_NAME: ref.tag}}
+            )
+        if not tags:
+            descriptors.append(base)
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+    _add_bytes(tar, "index.json", json.dumps(doc).encode())

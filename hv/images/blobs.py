@@ -1,0 +1,105 @@
+"""Content-addressed blobs under paths.blobs_dir(): written to a temp file, verified, renamed.
+
+A blob that exists under its digest name has been verified; nothing else ever sits there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from hv import paths
+from hv.errors import DigestMismatch, HvError
+
+
+def path(digest: str) -> Path:
+    return paths.blob(digest)
+
+
+def exists(digest: str) -> bool:
+    return paths.blob(digest).is_file()
+
+
+def read(digest: str) -> bytes:
+    try:
+        return paths.blob(digest).read_bytes()
+    except OSError as e:
+        raise HvError(
+            f"image content {digest} is missing from the store",
+            hint="remove the image with 'hv rmi' and pull or load it again",
+        ) from e
+
+
+@contextmanager
+def temp_file(prefix: str = "blob-") -> Iterator[Path]:
+    """A scratch file on the store's filesystem, removed unless the caller renamed it away."""
+    paths.tmp_dir().mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=paths.tmp_dir())
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def commit(tmp: Path, digest: str) -> Path:
+    """Move a verified temp file to its content address (atomic; a racing writer is harmless)."""
+    dest = paths.blob(digest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    return dest
+
+
+def put_bytes(data: bytes, digest: str | None = None) -> str:
+    """Store `data`; if `digest` is given it must match. Returns the digest."""
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest and digest != actual:
+        raise DigestMismatch(f"content {digest} does not match its digest (got {actual})")
+    if not exists(actual):
+        with temp_file() as tmp:
+            tmp.write_bytes(data)
+            commit(tmp, actual)
+    return actual
+
+
+def put_stream(
+    src: BinaryIO, digest: str | None = None, progress: Callable[[int], None] | None = None
+) -> tuple[str, int]:
+    """Copy a stream into the store, hashing as it goes; returns (digest, size)."""
+    hasher = hashlib.sha256()
+    size = 0
+    with temp_file() as tmp:
+        with open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                if progress:
+                    progress(size)
+        actual = "sha256:" + hasher.hexdigest()
+        if digest and digest != actual:
+            raise DigestMismatch(f"content {digest} does not match its digest (got {actual})")
+        if not exists(actual):
+            commit(tmp, actual)
+    return actual, size
+
+
+def copy_to(digest: str, out: BinaryIO) -> None:
+    with open(paths.blob(digest), "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def delete(digests: set[str]) -> None:
+    for digest in digests:
+        try:
+            paths.blob(digest).unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,78 @@
+"""A root filesystem directory -> a sparse ext4 base disk, with `mkfs.ext4 -d` (no mount).
+
+Flags, measured on this host (8 GiB virtual size; busybox 2 MB tree / 54 MB / 263 MB trees):
+defaults 0.03 s / - / 1.3 s and 72 MB allocated even for busybox (journal and inode tables
+written out); `-m 0 -E assume_storage_prezeroed=1` 0.02 s / 0.28 s / 0.8-1.5 s and 6 MB
+allocated for busybox. `assume_storage_prezeroed` (e2fsprogs >= 1.47) skips zeroing the
+journal and inode tables *and* marks the tables zeroed, which is true of a fresh sparse
+file; plain `lazy_itable_init=1` would leave the guest kernel's ext4lazyinit thread writing
+~130 MB of zeroes into every container's qcow2 overlay, and `lazy_itable_init=0` allocates
+those blocks on the host. `-m 0`: no root reserve, the container owns the whole disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from hv.errors import HvError, Interrupted, UsageError
+
+DEFAULT_SIZE = 8 << 30
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MKFS_FLAGS = ["-q", "-F", "-t", "ext4", "-m", "0", "-E", "assume_storage_prezeroed=1"]
+
+
+class DiskBuildError(HvError):
+    hint = "check that e2fsprogs >= 1.47 (mkfs.ext4) is installed and HV_ROOT has free space"
+
+
+def parse_size(text: str) -> int:
+    """'8589934592', '8G', '512M', '10g', '1.5G' -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not match:
+        raise UsageError(
+            f"invalid disk size {text!r}",
+            hint="HV_DISK_SIZE takes bytes or a number with K, M, G or T (e.g. 8G)",
+        )
+    return int(float(match.group(1)) * _SUFFIX[match.group(2).upper()])
+
+
+def virtual_size(content_bytes: int) -> int:
+    """HV_DISK_SIZE (default 8 GiB), grown when the image alone would fill half of it."""
+    size = parse_size(os.environ["HV_DISK_SIZE"]) if os.environ.get("HV_DISK_SIZE") else (
+        DEFAULT_SIZE
+    )
+    size = max(size, 2 * content_bytes + (256 << 20), 64 << 20)
+    return (size + (1 << 20) - 1) & ~((1 << 20) - 1)
+
+
+def build(rootfs: Path, dest: Path, content_bytes: int, image_id: str) -> None:
+    """Write `dest` (a fresh sparse file) as ext4 holding `rootfs`; removes it on failure."""
+    mkfs = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
+    if not mkfs:
+        raise DiskBuildError("mkfs.ext4 is not installed; it builds the image's base disk")
+    fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"hv:{image_id}"))
+    try:
+        with open(dest, "wb") as f:
+            f.truncate(virtual_size(content_bytes))
+        proc = subprocess.run(
+            [mkfs, *MKFS_FLAGS, "-U", fs_uuid, "-L", "hv-root", "-d", str(rootfs), str(dest)],
+            capture_output=True,
+            text=True,
+        )
+    except KeyboardInterrupt:
+        dest.unlink(missing_ok=True)
+        raise Interrupted("interrupted while building the image's base disk") from None
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise DiskBuildError(f"cannot build the base disk {dest}: {e.strerror}") from e
+    if proc.returncode != 0:
+        dest.unlink(missing_ok=True)
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise DiskBuildError(
+            "mkfs.ext4 failed to build the base disk: " + (detail[-1] if detail else "no output")
+        )

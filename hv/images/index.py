@@ -1,0 +1,74 @@
+"""The image index (paths.image_index()): image records keyed by image id.
+
+Readers see a whole file (written to a temp name then renamed); writers change it inside
+`transaction()`, which holds an fcntl.flock on paths.image_lock() from read to rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hv import paths
+from hv.errors import HvError
+
+
+def _empty() -> dict:
+    return {"version": 1, "images": {}}
+
+
+def load() -> dict:
+    try:
+        with open(paths.image_index()) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return _empty()
+    except (OSError, ValueError) as e:
+        raise HvError(
+            f"the image index {paths.image_index()} cannot be read: {e}",
+            hint="move the file away and pull or load your images again",
+        ) from e
+    data.setdefault("images", {})
+    return data
+
+
+def _write(data: dict) -> None:
+    target = paths.image_index()
+    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    """Hold the store lock (also used around blob garbage collection and disk builds)."""
+    paths.images_root().mkdir(parents=True, exist_ok=True)
+    with open(paths.image_lock(), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def transaction() -> Iterator[dict]:
+    """Yield the index for changing; it is written back only if the block succeeds."""
+    with locked():
+        data = load()
+        yield data
+        _write(data)

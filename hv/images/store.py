@@ -1,0 +1,367 @@
+"""The local image store: records in an index, content-addressed blobs, cached base disks.
+
+An image id is Docker's: "sha256:" + the digest of the image config. Tags and digests are
+kept in Docker's familiar form ("busybox:latest", "busybox@sha256:..."). Nothing here prints;
+pull reports progress through PullEvent callbacks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from hv import paths
+from hv.errors import Conflict, HvError, ImageNotFound, Interrupted, RegistryError, UsageError
+from hv.images import blobs, index
+from hv.images.reference import Reference
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_LAYER_TYPES = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "none": "application/vnd.oci.image.layer.v1.tar",
+}
+_HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
+
+
+@dataclass
+class PullEvent:
+    layer: str
+    status: str
+    current: int = 0
+    total: int = 0
+
+
+Progress = Callable[[PullEvent], None]
+
+
+def parse_created(text: str | None) -> datetime | None:
+    """RFC 3339 with up to nanoseconds (what image configs carry) -> aware datetime."""
+    if not text:
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
+    if not match:
+        return None
+    frac = (match.group(2) or ".0")[:7]
+    zone = match.group(3) or "Z"
+    zone = "+00:00" if zone == "Z" else zone
+    try:
+        return datetime.fromisoformat(match.group(1) + frac.ljust(7, "0") + zone)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Image:
+    id: str
+    repo_tags: list[str]
+    repo_digests: list[str]
+    config: dict
+    created: datetime | None
+    size: int
+    manifest_digest: str
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+    @property
+    def run_config(self) -> dict:
+        return self.config.get("config") or {}
+
+    def inspect(self) -> dict:
+        """Docker's `image inspect` shape."""
+        rootfs = self.config.get("rootfs") or {}
+        return {
+            "Id": self.id,
+            "RepoTags": list(self.repo_tags),
+            "RepoDigests": list(self.repo_digests),
+            "Parent": "",
+            "Comment": "",
+            "Created": self.config.get("created", ""),
+            "Author": self.config.get("author", ""),
+            "Config": self.run_config,
+            "Architecture": self.config.get("architecture", ""),
+            "Os": self.config.get("os", ""),
+            "Size": self.size,
+            "RootFS": {"Type": rootfs.get("type", "layers"), "Layers": rootfs.get("diff_ids", [])},
+        }
+
+
+def _repo_of(familiar_ref: str) -> str:
+    """'busybox:latest' / 'busybox@sha256:..' -> 'busybox'."""
+    ref = Reference.parse(familiar_ref)
+    return ref.familiar_name
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _image(self, image_id: str, record: dict) -> Image:
+        try:
+            config = json.loads(blobs.read(image_id))
+        except ValueError:
+            config = {}
+        return Image(
+            id=image_id,
+            repo_tags=list(record.get("repo_tags", [])),
+            repo_digests=list(record.get("repo_digests", [])),
+            config=config,
+            created=parse_created(config.get("created")),
+            size=int(record.get("size", 0)),
+            manifest_digest=record.get("manifest", ""),
+            layers=list(record.get("layers", [])),
+        )
+
+    def _resolve(self, data: dict, text: str) -> tuple[str, str | None]:
+        """(image id, the familiar ref that matched or None when matched by id)."""
+        images = data["images"]
+        try:
+            ref = Reference.parse(text)
+        except UsageError:
+            ref = None
+        if ref is not None:
+            if ref.digest:
+                key = f"{ref.familiar_name}@{ref.digest}"
+                for image_id, rec in images.items():
+                    if key in rec.get("repo_digests", []):
+                        return image_id, key
+            else:
+                key = ref.familiar()
+                for image_id, rec in images.items():
+                    if key in rec.get("repo_tags", []):
+                        return image_id, key
+        match = _HEX_PREFIX.match(text)
+        if match:
+            found = [i for i in images if i.removeprefix("sha256:").startswith(match.group(1))]
+            if len(found) == 1:
+                return found[0], None
+            if len(found) > 1:
+                raise ImageNotFound(
+                    f"No such image: {text}",
+                    hint=f"the id prefix {text} matches {len(found)} images; give more of the id",
+                )
+        raise ImageNotFound(f"No such image: {text}")
+
+    def get(self, name_or_id: str) -> Image:
+        data = index.load()
+        image_id, _ = self._resolve(data, name_or_id)
+        return self._image(image_id, data["images"][image_id])
+
+    def exists(self, name_or_id: str) -> bool:
+        try:
+            self._resolve(index.load(), name_or_id)
+        except ImageNotFound:
+            return False
+        return True
+
+    def list(self) -> list[Image]:
+        data = index.load()
+        out = [self._image(i, rec) for i, rec in data["images"].items()]
+        epoch = datetime.fromtimestamp(0, UTC)
+        out.sort(key=lambda im: (im.created or epoch, im.id), reverse=True)
+        return out
+
+    # --- writing ----------------------------------------------------------------------
+
+    @staticmethod
+    def _claim(data: dict, image_id: str, tags: list[str], digests: list[str]) -> None:
+        """Point `tags` at `image_id`, taking them from any other image (as Docker does)."""
+        for other_id, rec in data["images"].items():
+            if other_id != image_id:
+                rec["repo_tags"] = [t for t in rec.get("repo_tags", []) if t not in tags]
+        rec = data["images"][image_id]
+        for name, items in (("repo_tags", tags), ("repo_digests", digests)):
+            for item in items:
+                if item not in rec.setdefault(name, []):
+                    rec[name].append(item)
+
+    def _commit(
+        self,
+        image_id: str,
+        manifest_digest: str,
+        layers: list[str],
+        size: int,
+        tags: list[str],
+        digests: list[str],
+    ) -> bool:
+        """Record an image whose blobs are all stored. Returns False if tags already matched."""
+        with index.transaction() as data:
+            missing = [d for d in [image_id, manifest_digest, *layers] if not blobs.exists(d)]
+            if missing:
+                raise HvError(
+                    f"image content {missing[0]} vanished while the image was stored",
+                    hint="another hv removed it at the same time; run the command again",
+                )
+            images = data["images"]
+            fresh = image_id not in images
+            rec = images.setdefault(
+                image_id, {"repo_tags": [], "repo_digests": [], "size": size, "added": time.time()}
+            )
+            up_to_date = not fresh and all(t in rec["repo_tags"] for t in tags)
+            rec["manifest"] = manifest_digest
+            rec["layers"] = layers
+            self._claim(data, image_id, tags, digests)
+        return not up_to_date
+
+    def tag(self, source: str, target: str) -> None:
+        ref = Reference.parse(target)
+        if ref.digest:
+            raise UsageError(
+                f"refusing to create a tag with a digest reference: {target}",
+                hint="give the target as NAME[:TAG]",
+            )
+        with index.transaction() as data:
+            image_id, _ = self._resolve(data, source)
+            self._claim(data, image_id, [ref.familiar()], [])
+
+    def remove(
+        self, name_or_id: str, force: bool, users: Callable[[str], list[str]]
+    ) -> list[tuple[str, str]]:
+        """Docker's `rmi`: untag, then delete the image when nothing refers to it."""
+        out: list[tuple[str, str]] = []
+        with index.transaction() as data:
+            image_id, key = self._resolve(data, name_or_id)
+            rec = data["images"][image_id]
+            tags, digests = rec.setdefault("repo_tags", []), rec.setdefault("repo_digests", [])
+            repos = {_repo_of(r) for r in tags + digests}
+            single = len(tags) <= 1 and len(repos) <= 1
+            in_use = users(image_id)
+            short = image_id.removeprefix("sha256:")[:12]
+            if key is not None:
+                if not force and single and in_use:
+                    raise Conflict(
+                        f'conflict: unable to remove repository reference "{name_or_id}" (must '
+                        f"force) - container {in_use[0][:12]} is using its referenced image "
+                        f"{short}",
+                        hint="remove the container first ('hv rm ID'), or use 'hv rmi -f'",
+                    )
+                (tags if key in tags else digests).remove(key)
+                out.append(("Untagged", key))
+                if "@" not in key and not any(_repo_of(t) == _repo_of(key) for t in tags):
+                    for dgst in [d for d in digests if _repo_of(d) == _repo_of(key)]:
+                        digests.remove(dgst)
+                        out.append(("Untagged", dgst))
+                if tags or digests:
+                    return out
+            else:
+                if not single and not force:
+                    raise Conflict(
+                        f"conflict: unable to delete {short} (must be forced) - image is "
+                        "referenced in multiple repositories",
+                        hint="remove the tags one by one, or use 'hv rmi -f'",
+                    )
+                if in_use and not force:
+                    raise Conflict(
+                        f"conflict: unable to delete {short} (must be forced) - image is being "
+                        f"used by container {in_use[0][:12]}",
+                        hint="remove the container first ('hv rm ID'), or use 'hv rmi -f'",
+                    )
+                out += [("Untagged", r) for r in tags + digests]
+            del data["images"][image_id]
+            out.append(("Deleted", image_id))
+            still = set()
+            for other_id, other in data["images"].items():
+                still |= {other_id, other.get("manifest", ""), *other.get("layers", [])}
+            blobs.delete({image_id, rec.get("manifest", ""), *rec.get("layers", [])} - still - {""})
+            if not in_use:
+                paths.base_disk(image_id).unlink(missing_ok=True)
+                paths.base_disk_lock(image_id).unlink(missing_ok=True)
+        return out
+
+    # --- pull ---------------------------------------------------------------------------
+
+    def pull(self, ref: str, progress: Progress | None = None) -> Image:
+        from hv.images.pull import pull
+
+        try:
+            return pull(self, ref, progress or (lambda _e: None))
+        except KeyboardInterrupt:
+            raise Interrupted(f"pull of {ref} interrupted") from None
+
+    # --- load / save ----------------------------------------------------------------------
+
+    def load(self, source: Path | BinaryIO) -> list[str]:
+        from hv.images.archive import load
+
+        try:
+            return load(self, source)
+        except KeyboardInterrupt:
+            raise Interrupted("load interrupted") from None
+
+    def save(self, names: list[str], dest: Path | BinaryIO, fmt: str = "docker") -> None:
+        from hv.images.archive import save
+
+        if fmt not in ("docker", "oci"):
+            raise UsageError(f"unknown save format {fmt!r}", hint="use --format docker or oci")
+        images = [self.get(n) for n in names]
+        try:
+            save(images, names, dest, fmt)
+        except KeyboardInterrupt:
+            raise Interrupted("save interrupted") from None
+
+    # --- base disks -------------------------------------------------------------------
+
+    def base_disk(self, image: Image, on_layer: Callable[[int], None] | None = None) -> Path:
+        """The image's ext4 base disk, built from its layers the first time it is needed."""
+        dest = paths.base_disk(image.id)
+        if dest.exists():
+            return dest
+        from hv.images import disk, layers
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(paths.base_disk_lock(image.id), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if dest.exists():
+                return dest
+            paths.tmp_dir().mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=paths.tmp_dir()))
+            try:
+                rootfs = work / "rootfs"
+                rootfs.mkdir(mode=0o755)
+                layers.extract([blobs.path(d) for d in image.layers], rootfs, on_layer)
+                size = layers.tree_size(rootfs)
+                tmp_disk = work / "disk.ext4"
+                disk.build(rootfs, tmp_disk, size, image.id)
+                os.replace(tmp_disk, dest)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted while building the image's base disk") from None
+            finally:
+                _rmtree(work)
+        with index.transaction() as data:
+            if image.id in data["images"]:
+                data["images"][image.id]["size"] = size
+        image.size = size
+        return dest
+
+
+def _rmtree(path: Path) -> None:
+    """rmtree that also gets through read-only directories (non-root extraction)."""
+
+    def retry(func, name, _exc):
+        try:
+            os.chmod(os.path.dirname(name), stat.S_IRWXU)
+            func(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
+
+
+__all__ = ["Image", "ImageStore", "PullEvent", "RegistryError"]
