@@ -1,0 +1,95 @@
+"""The seed ISO round trip: what write_seed puts in is what the guest reads (Rock Ridge names)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from hv.guest.seed import GuestSpec, seed_files, write_seed
+
+
+def read_iso(path: Path) -> dict[str, bytes]:
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = {}
+        for child in iso.list_children(rr_path="/"):
+            if child.is_dir():
+                continue
+            name = child.rock_ridge.name().decode()
+            buf = io.BytesIO()
+            iso.get_file_from_iso_fp(buf, rr_path="/" + name)
+            out[name] = buf.getvalue()
+        return out
+    finally:
+        iso.close()
+
+
+def test_round_trip_any_bytes(tmp_path: Path) -> None:
+    spec = GuestSpec(
+        container_id="0123456789ab" * 5 + "cdef",
+        argv=["sh", "-c", "echo \"a  b\"\n'c' $X", "", "ünïcødé ✓"],
+        env=["PATH=/usr/bin:/bin", "MULTI=line1\nline2", "EMPTY=", "Q=\"'\\"],
+        workdir="/work dir/x",
+        user="1234:5678",
+        hostname="web",
+        tty=True,
+    )
+    iso = tmp_path / "seed.iso"
+    write_seed(iso, spec)
+    files = read_iso(iso)
+    assert files == {
+        "argv": b"sh\0-c\0echo \"a  b\"\n'c' $X\0\0" + "ünïcødé ✓".encode() + b"\0",
+        "env": b"PATH=/usr/bin:/bin\0MULTI=line1\nline2\0EMPTY=\0Q=\"'\\\0",
+        "workdir": b"/work dir/x",
+        "user": b"1234:5678",
+        "hostname": b"web",
+        "id": spec.container_id.encode(),
+        "tty": b"1",
+        "stdin_open": b"0",
+    }
+    # NUL-terminated items split back into the original lists.
+    assert [a.decode() for a in files["argv"].split(b"\0")[:-1]] == spec.argv
+    assert [e.decode() for e in files["env"].split(b"\0")[:-1]] == spec.env
+
+
+def test_defaults_and_empty_values(tmp_path: Path) -> None:
+    iso = tmp_path / "seed.iso"
+    write_seed(iso, GuestSpec("abc", ["true"], []))
+    files = read_iso(iso)
+    assert files["env"] == b""
+    assert files["workdir"] == b"/"
+    assert files["user"] == b"" and files["hostname"] == b""
+    assert files["tty"] == b"0"
+
+
+def test_atomic_replace_leaves_no_temp_files(tmp_path: Path) -> None:
+    iso = tmp_path / "seed.iso"
+    write_seed(iso, GuestSpec("a", ["one"], []))
+    write_seed(iso, GuestSpec("a", ["two"], []))
+    assert read_iso(iso)["argv"] == b"two\0"
+    assert [p.name for p in tmp_path.iterdir()] == ["seed.iso"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        GuestSpec("a", [], []),
+        GuestSpec("a", ["bad\0arg"], []),
+        GuestSpec("a", ["true"], ["K=v\0"]),
+        GuestSpec("a", ["true"], [], workdir="/x\0"),
+    ],
+)
+def test_rejects_empty_argv_and_nul(tmp_path: Path, spec: GuestSpec) -> None:
+    with pytest.raises(ValueError):
+        write_seed(tmp_path / "seed.iso", spec)
+    assert not list(tmp_path.iterdir())
+
+
+def test_seed_files_names() -> None:
+    assert sorted(seed_files(GuestSpec("a", ["true"], []))) == sorted(
+        ["argv", "env", "workdir", "user", "hostname", "id", "tty", "stdin_open"]
+    )
