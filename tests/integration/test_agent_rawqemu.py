@@ -135,6 +135,7 @@ sleep 1
 echo "ZOMBIES=$(cat /proc/[0-9]*/stat | awk '$3 == "Z"' | wc -l)"
 echo "PID1=$(cat /proc/1/comm)"
 ip -4 addr show eth0 | grep -o 'inet [0-9./]*'
+head -c 100000 /dev/zero | tr '\0' x; echo
 exit 3
 """
 
@@ -164,7 +165,9 @@ def test_main_process(assets: Assets, tmp_path: Path) -> None:
     assert "nameserver 10.0.2.3\n" in out
     assert "ZOMBIES=0\n" in out
     assert "inet 10.0.2.15/24" in out
+    assert "x" * 100000 + "\n" in out
     assert all(r.stream in (1, 2) and r.ts_ns > 0 for r in r.records)
+    assert max(len(r.data) for r in r.records) <= 32768 - 16
     # After power-off: the image's /etc files are untouched, the filesystem is clean.
     assert debugfs_cat(r.disk, "/etc/hosts") == IMAGE_HOSTS
     assert debugfs_cat(r.disk, "/etc/hostname") == b""  # absent in the image: empty target
