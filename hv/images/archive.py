@@ -65,7 +65,7 @@ class _Tar:
 def load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
     if isinstance(source, (str, Path)):
         try:
-            return _load_file(store, Path(source))
+            return _load_file(store, Path(source), Path(source).name.partition(".")[0])
         except FileNotFoundError as e:
             raise ArchiveError(f"open {source}: no such file or directory",
                                hint="check the path given to -i") from e
@@ -78,14 +78,14 @@ def load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
         return _load_file(store, tmp)
 
 
-def _load_file(store: ImageStore, path: Path) -> list[str]:
+def _load_file(store: ImageStore, path: Path, file_stem: str = "") -> list[str]:
     try:
         with tarfile.open(path, "r:*") as tf:
             tar = _Tar(tf)
             if "manifest.json" in tar.members:
                 loaded = _load_docker(store, tar)
             elif "index.json" in tar.members:
-                loaded = _load_oci(store, tar)
+                loaded = _load_oci(store, tar, file_stem)
             else:
                 raise ArchiveError("the archive has neither manifest.json nor index.json")
     except (tarfile.TarError, EOFError) as e:
@@ -170,12 +170,24 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algo}/{hexpart}"
 
 
-def _load_oci(store: ImageStore, tar: _Tar) -> list[tuple[str, list[str]]]:
+def _oci_tags(annotations: dict, file_stem: str) -> list[str]:
+    """Full names from containerd's annotation or a full ref.name; a bare tag ('latest', as
+    umoci and skopeo write) is joined to the archive's file name (busybox.oci.tar)."""
+    name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME, "")
+    if not name:
+        return []
+    if any(c in name for c in ":/@"):
+        return _familiar_tags([name])
+    try:
+        return _familiar_tags([f"{file_stem}:{name}"]) if file_stem else []
+    except UsageError:
+        return []
+
+
+def _load_oci(store: ImageStore, tar: _Tar, file_stem: str) -> list[tuple[str, list[str]]]:
     loaded = []
     for desc in tar.json("index.json").get("manifests", []):
-        annotations = desc.get("annotations") or {}
-        name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME, "")
-        tags = _familiar_tags([name]) if name and any(c in name for c in ":/") else []
+        tags = _oci_tags(desc.get("annotations") or {}, file_stem)
         digest = desc.get("digest", "")
         body = tar.read(_blob_name(digest))
         doc = json.loads(body)
@@ -243,7 +255,8 @@ def save(images: list[Image], names: list[str], dest: Path | BinaryIO, fmt: str)
                 _write(images, names, out, fmt)
             tmp.replace(dest)
         except OSError as e:
-            raise ArchiveError(f"cannot write {dest}: {e.strerror}", hint="check the -o path") from e
+            raise ArchiveError(f"cannot write {dest}: {e.strerror}",
+                               hint="check the -o path") from e
         finally:
             tmp.unlink(missing_ok=True)
     else:

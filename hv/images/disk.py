@@ -46,7 +46,7 @@ def virtual_size(content_bytes: int) -> int:
     size = parse_size(os.environ["HV_DISK_SIZE"]) if os.environ.get("HV_DISK_SIZE") else (
         DEFAULT_SIZE
     )
-    size = max(size, 2 * content_bytes + (256 << 20), 64 << 20)
+    size = max(size, 2 * content_bytes + (64 << 20))
     return (size + (1 << 20) - 1) & ~((1 << 20) - 1)
 
 

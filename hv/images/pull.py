@@ -27,12 +27,8 @@ def _pick_platform(index_doc: dict, what: str) -> str:
         if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
             candidates.append(desc)
     if not candidates:
-        found = sorted(
-            {
-                f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}"
-                for d in index_doc.get("manifests", [])
-            }
-        )
+        platforms = [d.get("platform") or {} for d in index_doc.get("manifests", [])]
+        found = sorted({f"{p.get('os')}/{p.get('architecture')}" for p in platforms})
         raise RegistryError(
             f"no matching manifest for linux/amd64 in the manifest list entries of {what}",
             hint="this image is published for: " + (", ".join(found) or "no platform"),
