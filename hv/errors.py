@@ -24,6 +24,10 @@ class HvError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):
+        # errors cross a process boundary (libvirt operations run in a child process)
+        return (self.__class__, (self.message, self.hint, self.exit_code))
+
 
 class UsageError(HvError):
     """A bad flag value or argument (Docker answers 125)."""

@@ -1,9 +1,11 @@
 """Opening libvirt for exactly one operation.
 
 The embedded driver (`qemu:///embed?root=…`) needs no daemon, but only one process may
-hold a root at a time (its driver.pid lock). hv therefore opens, acts and closes, and two
-hv processes queue on a flock of their own before libvirt's lock is tried, so a second
-terminal waits briefly instead of failing. `-H`/`HV_HOST` selects a daemon
+hold a root at a time (its driver.pid lock), and — measured with libvirt 9.0 — a process
+keeps that lock until it exits, even after closing its last connection. So every libvirt
+operation on an embedded root runs in a short-lived forked child (`call`): the lock lives
+exactly as long as the operation, and hv processes queue on a flock of their own before
+libvirt's lock is tried, so a second terminal waits briefly instead of failing. `-H`/`HV_HOST` selects a daemon
 (`qemu:///system`, `qemu+ssh://host/system`), where no lock is needed.
 """
 
@@ -125,6 +127,50 @@ def _open(libvirt, u: str):
                 hint="check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
                 "('make setup')",
             ) from None
+
+
+def call(fn, *args):
+    """Run `fn(conn, *args)` with a fresh connection; in a forked child for embedded roots.
+
+    The result and any HvError come back pickled; anything else becomes a RuntimeFailure.
+    """
+    if not is_embedded():
+        with connect() as conn:
+            return fn(conn, *args)
+    import pickle
+
+    paths.state_root().mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        os.close(r)
+        try:
+            with connect() as conn:
+                payload = (True, fn(conn, *args))
+        except BaseException as e:  # noqa: BLE001 - everything must reach the parent
+            from hv.errors import HvError
+
+            if not isinstance(e, HvError):
+                e = RuntimeFailure(f"libvirt operation failed: {first_line(str(e)) or type(e).__name__}")
+            payload = (False, e)
+        try:
+            data = pickle.dumps(payload)
+        except Exception:  # noqa: BLE001
+            data = pickle.dumps((False, RuntimeFailure("libvirt operation returned bad data")))
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeFailure("the libvirt helper process died",
+                             hint=f"read {paths.libvirt_log()}")
+    ok, value = pickle.loads(data)
+    if ok:
+        return value
+    raise value
 
 
 def first_line(text: str) -> str:

@@ -13,6 +13,12 @@ from pathlib import Path
 
 HV_NS = "https://hv.dev/xmlns/container/1"
 HV_PREFIX = "hv"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+# libvirt starts QEMU with -no-shutdown and destroys it when the guest powers off. With the
+# embedded driver no process is there to do that between hv commands, so QEMU is told to
+# exit by itself when the guest powers off (a later -action overrides -no-shutdown).
+SELF_EXIT_ARGS = ["-action", "shutdown=poweroff"]
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -99,6 +105,7 @@ class DomainSpec:
     serial: FileSerial | None = None
     network: UserNetwork | None = None
     metadata: dict | None = None
+    qemu_args: list[str] = field(default_factory=lambda: list(SELF_EXIT_ARGS))
 
     def to_xml(self) -> str:
         dom = ET.Element("domain", type=self.domain_type)
@@ -137,11 +144,16 @@ class DomainSpec:
         for ch in self.channels:
             ch.element(devices)
         _sub(devices, "memballoon", model="none")
+        if self.qemu_args:
+            cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+            for arg in self.qemu_args:
+                ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
         ET.indent(dom)
         return ET.tostring(dom, encoding="unicode") + "\n"
 
 
 ET.register_namespace(HV_PREFIX, HV_NS)
+ET.register_namespace("qemu", QEMU_NS)
 
 
 def read_metadata(xml: str) -> dict | None:

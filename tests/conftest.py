@@ -1,0 +1,140 @@
+"""Session-wide setup for the suite: an isolated hv state root, the guest, a clean end.
+
+Integration tests boot real guests (TCG here, KVM where usable) through the real `hv`
+CLI. They share one state root per session so libvirt's capability cache and the images
+are made once. At the end every domain of that root is destroyed and the suite fails if a
+QEMU process of this root is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HV = [sys.executable, "-m", "cli.main"]
+
+
+def _default_cache() -> Path:
+    env = os.environ.get("HV_CACHE")
+    if env:
+        return Path(env)
+    return Path("/var/cache/hv") if os.geteuid() == 0 else Path.home() / ".cache/hv"
+
+
+@pytest.fixture(scope="session")
+def hv_root():
+    """A short path: libvirt's monitor sockets live under it (108-byte limit)."""
+    root = Path(tempfile.mkdtemp(prefix="hvt-", dir="/tmp"))
+    old = {k: os.environ.get(k) for k in ("HV_ROOT", "HV_GUEST_DIR")}
+    os.environ["HV_ROOT"] = str(root)
+    os.environ.setdefault("HV_GUEST_DIR", str(_default_cache() / "guest" / "current"))
+    yield root
+    _destroy_all(root)
+    leftovers = _qemu_pids(root)
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert not leftovers, f"QEMU processes outlived the suite: {leftovers}"
+
+
+def _qemu_pids(root: Path) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and str(root).encode() in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+def _destroy_all(root: Path) -> None:
+    if not (root / "libvirt").exists():
+        return
+    from hv.runtime.connection import connect
+
+    with connect() as conn:
+        for dom in conn.listAllDomains():
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            except Exception:
+                pass
+
+
+class Hv:
+    """Runs the real CLI in a subprocess, as a user would."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = dict(os.environ)
+        env["HV_ROOT"] = str(self.root)
+        env["PYTHONPATH"] = str(REPO)
+        env.update(extra or {})
+        return env
+
+    def __call__(self, *args: str, input: bytes | str | None = None, timeout: float = 240,
+                 env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        text = not isinstance(input, bytes)
+        proc = subprocess.run(
+            [*HV, *args], input=input, capture_output=True, timeout=timeout, text=text,
+            env=self.env(env), cwd=REPO,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hv {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([*HV, *args], env=self.env(kw.pop("env", None)), cwd=REPO, **kw)
+
+    def wait_for(self, predicate, timeout: float = 120, interval: float = 0.2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(scope="session")
+def hv(hv_root) -> Hv:
+    return Hv(hv_root)
+
+
+@pytest.fixture(scope="session")
+def test_images_dir() -> Path:
+    d = Path(os.environ.get("HV_TEST_IMAGES", _default_cache() / "images" / "out"))
+    if not (d / "busybox.oci.tar").exists():
+        pytest.fail(f"no test images in {d}: run 'make images' (make test does it)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def busybox(hv, test_images_dir) -> str:
+    """The offline busybox image, loaded once per session as busybox:latest."""
+    if hv("images", "-q", "busybox:latest").stdout.strip() == "":
+        hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
+    return "busybox"

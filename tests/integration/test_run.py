@@ -1,0 +1,212 @@
+"""`hv run` and the container lifecycle, on real guests booted from the busybox image."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def names(hv) -> set[str]:
+    return set(hv("ps", "-a", "--format", "{{.Names}}", check=True).stdout.split())
+
+
+def container_dirs(hv) -> set[str]:
+    d = hv.root / "containers"
+    return {p.name for p in d.iterdir()} if d.exists() else set()
+
+
+def test_foreground_exit_code_and_streams(hv, busybox):
+    before = container_dirs(hv)
+    p = hv("run", "--rm", busybox, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "out\n"
+    assert "err\n" in p.stderr
+    assert container_dirs(hv) == before, "--rm left the container's files behind"
+
+
+def test_exit_zero_and_argv_intact(hv, busybox):
+    p = hv("run", "--rm", busybox, "printf", "[%s]\\n", "a b", "c'd", 'e"f', "line\nbreak", "")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "[a b]\n[c'd]\n[e\"f]\n[line\nbreak]\n[]\n"
+
+
+def test_command_not_found_is_127(hv, busybox):
+    p = hv("run", "--rm", busybox, "no-such-command")
+    assert p.returncode == 127
+    err = p.stderr.strip().splitlines()
+    assert err[0].startswith("Error: ") and "no-such-command" in err[0]
+    assert err[1].startswith("hint: ")
+
+
+def test_not_executable_is_126(hv, busybox):
+    p = hv("run", "--rm", busybox, "/etc/passwd")
+    assert p.returncode == 126
+    assert "permission denied" in p.stderr.lower()
+    assert "hint: " in p.stderr
+
+
+def test_env_workdir_user_hostname(hv, busybox, tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=1\n")
+    p = hv("run", "--rm", "-e", "A=hello world", "--env-file", str(env_file),
+           "-w", "/made/by/hv", "-u", "nobody", "--hostname", "box1", busybox,
+           "sh", "-c", 'echo "$A|$FROM_FILE|$(pwd)|$(id -u)|$(hostname)|$HOSTNAME|$HOME"')
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "hello world|1|/made/by/hv|65534|box1|box1|/"
+
+
+def test_guest_is_a_vm_with_its_own_kernel(hv, busybox):
+    p = hv("run", "--rm", "-m", "256m", "--cpus", "1", busybox, "sh", "-c",
+           "uname -r; grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo")
+    assert p.returncode == 0, p.stderr
+    kernel, mem, ncpu = p.stdout.split("\n")[:3]
+    assert kernel != os.uname().release
+    assert 150_000 < int(mem.split()[1]) <= 262_144
+    assert ncpu == "1"
+
+
+def test_detached_logs_wait_ps_inspect_rm(hv, busybox):
+    name = "hv-test-detached"
+    p = hv("run", "-d", "--name", name, busybox, "sh", "-c",
+           "echo one; echo warn >&2; sleep 3; echo two; exit 7")
+    assert p.returncode == 0, p.stderr
+    cid = p.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", cid)
+
+    ps = hv("ps", check=True).stdout.splitlines()
+    assert ps[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS",
+                             "PORTS", "NAMES"]
+    row = next(line for line in ps if line.endswith(name))
+    assert row.startswith(cid[:12] + " ")
+    assert re.search(r"Up (Less than a second|\d+ seconds?)", row)
+    assert '"sh -c \'echo one; e…"' in row
+
+    # a second name is refused while this one exists
+    clash = hv("run", "-d", "--name", name, busybox, "true")
+    assert clash.returncode == 125
+    assert f'The container name "/{name}" is already in use' in clash.stderr
+
+    # rm refuses a running container
+    refused = hv("rm", name)
+    assert refused.returncode == 1 and "container is running" in refused.stderr
+
+    follow = hv("logs", "-f", name, timeout=120)
+    assert follow.stdout == "one\ntwo\n"
+    assert follow.stderr == "warn\n"
+
+    assert hv("wait", name, check=True).stdout.strip() == "7"
+    row = next(line for line in hv("ps", "-a", check=True).stdout.splitlines()
+               if line.endswith(name))
+    assert re.search(r"Exited \(7\) (Less than a second|\d+ seconds?) ago", row)
+    assert cid[:12] not in hv("ps", "-q").stdout
+    assert cid[:12] in hv("ps", "-a", "-q").stdout.split()
+    assert cid in hv("ps", "-a", "--no-trunc", "-q").stdout.split()
+    assert hv("ps", "-a", "-f", f"name={name}", "--format", "{{.ID}} {{.Status}}",
+              check=True).stdout.startswith(cid[:12] + " Exited (7)")
+    assert name in hv("ps", "-a", "-f", "status=exited", "--format", "{{.Names}}").stdout
+    assert name in hv("ps", "-a", "-f", f"ancestor={busybox}", "--format",
+                      "{{.Names}}").stdout
+    rows = [json.loads(line) for line in hv("ps", "-a", "--format", "json").stdout.splitlines()]
+    assert any(r["Names"] == name and r["State"] == "exited" for r in rows)
+
+    tail = hv("logs", "--tail", "1", "-t", cid[:5], check=True)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z two\n", tail.stdout)
+
+    doc = json.loads(hv("inspect", name, check=True).stdout)[0]
+    assert doc["Id"] == cid and doc["Name"] == "/" + name
+    assert doc["State"]["Status"] == "exited" and doc["State"]["ExitCode"] == 7
+    assert doc["Config"]["Cmd"] == ["sh", "-c", "echo one; echo warn >&2; sleep 3; "
+                                    "echo two; exit 7"]
+    assert doc["State"]["StartedAt"] < doc["State"]["FinishedAt"]
+    assert hv("inspect", "-f", "{{.State.ExitCode}} {{.Config.Image}}", name,
+              check=True).stdout == f"7 {busybox}\n"
+
+    assert hv("rm", name, check=True).stdout.strip() == name
+    assert name not in names(hv)
+    assert cid not in container_dirs(hv)
+
+
+def test_rm_force_running_and_several(hv, busybox):
+    a = hv("run", "-d", "--name", "hv-test-a", busybox, "sleep", "600", check=True)
+    b = hv("run", "-d", "--name", "hv-test-b", busybox, "sleep", "600", check=True)
+    for p in (a, b):
+        assert re.fullmatch(r"[0-9a-f]{64}\n", p.stdout)
+    p = hv("rm", "-f", "hv-test-a", b.stdout[:8], "no-such-container")
+    assert p.returncode == 1
+    assert "No such container: no-such-container" in p.stderr
+    assert "hv-test-a" not in names(hv) and "hv-test-b" not in names(hv)
+    assert a.stdout.strip() not in container_dirs(hv)
+
+
+def test_detached_rm_is_removed_after_exit(hv, busybox):
+    cid = hv("run", "-d", "--rm", busybox, "sh", "-c", "sleep 1", check=True).stdout.strip()
+    hv.wait_for(lambda: cid[:12] not in hv("ps", "-a", "-q").stdout, timeout=90)
+    hv.wait_for(lambda: cid not in container_dirs(hv), timeout=10)
+
+
+def test_ctrl_c_stops_and_removes(hv, busybox):
+    import subprocess
+
+    before = container_dirs(hv)
+    proc = hv.popen("run", "--rm", "--name", "hv-test-ctrlc", busybox, "sh", "-c",
+                    "echo ready; sleep 600", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "hv-test-ctrlc" not in names(hv)
+    assert container_dirs(hv) == before
+
+
+def test_killed_qemu_shows_exited_and_rm_cleans(hv, busybox):
+    name = "hv-test-killed"
+    cid = hv("run", "-d", "--name", name, busybox, "sleep", "600", check=True).stdout.strip()
+    pidfile = hv.root / "libvirt" / "run" / "qemu" / f"{name}.pid"
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    hv.wait_for(lambda: "Exited (137)" in hv("ps", "-a", "-f", f"name={name}").stdout, 30)
+    hv("rm", name, check=True)
+    assert cid not in container_dirs(hv)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["-m", "lots"], "invalid size"),
+    (["-m", "1m"], "Minimum memory"),
+    (["--cpus", "99"], "range of CPUs"),
+    (["--cpus", "abc"], "rational number"),
+    (["-e", "=bad"], "invalid environment variable"),
+    (["--name", "bad name!"], "Invalid container name"),
+    (["-w", "relative"], "absolute path"),
+])
+def test_bad_flags_leave_nothing(hv, busybox, flags, message):
+    before_dirs, before_names = container_dirs(hv), names(hv)
+    p = hv("run", "--rm", *flags, busybox, "true")
+    assert p.returncode == 125
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 2 and message in lines[0] and lines[1].startswith("hint: ")
+    assert container_dirs(hv) == before_dirs and names(hv) == before_names
+
+
+def test_concurrent_commands_share_the_embedded_root(hv, busybox):
+    procs = [hv.popen("ps", "-a", stdout=-1, stderr=-1) for _ in range(4)]
+    run = hv("run", "--rm", busybox, "echo", "together")
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert run.returncode == 0 and run.stdout == "together\n", run.stderr
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+
+
+def test_state_survives_without_a_watcher(hv, busybox):
+    """`-d` then nobody watches: the guest powers off by itself and ps says Exited."""
+    cid = hv("run", "-d", busybox, "sh", "-c", "exit 5", check=True).stdout.strip()
+    hv.wait_for(lambda: "Exited (5)" in hv("ps", "-a", "-f", f"id={cid}").stdout, 60)
+    assert hv("wait", cid, check=True).stdout == "5\n"
+    hv("rm", cid, check=True)
+    assert cid not in container_dirs(hv)
