@@ -5,8 +5,9 @@ hold a root at a time (its driver.pid lock), and â€” measured with libvirt 9.0 â
 keeps that lock until it exits, even after closing its last connection. So every libvirt
 operation on an embedded root runs in a short-lived forked child (`call`): the lock lives
 exactly as long as the operation, and hv processes queue on a flock of their own before
-libvirt's lock is tried, so a second terminal waits briefly instead of failing. `-H`/`HV_HOST` selects a daemon
-(`qemu:///system`, `qemu+ssh://host/system`), where no lock is needed.
+libvirt's lock is tried, so a second terminal waits briefly instead of failing.
+`-H`/`HV_HOST` selects a daemon (`qemu:///system`, `qemu+ssh://host/system`), where no lock
+is needed.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def call(fn, *args):
             from hv.errors import HvError
 
             if not isinstance(e, HvError):
-                e = RuntimeFailure(f"libvirt operation failed: {first_line(str(e)) or type(e).__name__}")
+                why = first_line(str(e)) or type(e).__name__
+                e = RuntimeFailure(f"libvirt operation failed: {why}")
             payload = (False, e)
         try:
             data = pickle.dumps(payload)
