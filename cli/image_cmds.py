@@ -166,8 +166,9 @@ def images(
 
     rows = _image_rows(_engine().images.list(), no_trunc)
     if repository:
-        repo, _, tag = repository.partition(":") if "/" not in repository.rpartition(":")[2] \
-            else (repository, "", "")
+        repo, tag = repository, ""
+        if repository.rfind(":") > repository.rfind("/"):
+            repo, _, tag = repository.rpartition(":")
         rows = [r for r in rows if r["Repository"] == repo and (not tag or r["Tag"] == tag)]
     if quiet:
         sys.stdout.write("".join(r["ID"] + "\n" for r in rows))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
+from hv import paths
 from hv.errors import HvError, UsageError
 from hv.images import blobs
 from hv.images.layers import compression
@@ -63,6 +65,23 @@ class _Tar:
 
 
 def load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
+    """Load every image of the archive; a failed load leaves no new blobs behind."""
+    before = _blob_names()
+    try:
+        return _load(store, source)
+    except BaseException:
+        store._forget_blobs(["sha256:" + n for n in _blob_names() - before])
+        raise
+
+
+def _blob_names() -> set[str]:
+    try:
+        return set(os.listdir(paths.blobs_dir()))
+    except OSError:
+        return set()
+
+
+def _load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
     if isinstance(source, (str, Path)):
         try:
             return _load_file(store, Path(source), Path(source).name.partition(".")[0])

@@ -48,6 +48,17 @@ def _manifest_json(body: bytes, what: str) -> dict:
 
 
 def pull(store: ImageStore, text: str, emit: Progress) -> Image:
+    """Pull `text`; blobs stored by a pull that fails before its commit are removed again."""
+    stored: list[str] = []
+    try:
+        return _pull(store, text, emit, stored)
+    except BaseException:
+        if stored:
+            store._forget_blobs(stored)
+        raise
+
+
+def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Image:
     ref = Reference.parse(text)
     what = ref.familiar()
     client = RegistryClient(ref.registry, ref.repository)
@@ -71,9 +82,10 @@ def pull(store: ImageStore, text: str, emit: Progress) -> Image:
     except (KeyError, TypeError, ValueError) as e:
         raise RegistryError(f"the manifest of {what} lacks its config or layers") from e
 
-    if not blobs.exists(config_digest):
-        blobs.put_bytes(client.get_blob(config_digest), config_digest)
-    blobs.put_bytes(body, manifest_digest)
+    for digest, data in ((config_digest, None), (manifest_digest, body)):
+        if not blobs.exists(digest):
+            blobs.put_bytes(data if data is not None else client.get_blob(digest), digest)
+            stored.append(digest)
 
     pending = []
     for digest, size in layer_descs:
@@ -90,6 +102,7 @@ def pull(store: ImageStore, text: str, emit: Progress) -> Image:
             )
             emit(PullEvent(short, "Verifying Checksum", size, size))
             blobs.commit(tmp, digest)
+            stored.append(digest)
         emit(PullEvent(short, "Download complete", size, size))
 
     layers = [d for d, _ in layer_descs]
@@ -98,6 +111,7 @@ def pull(store: ImageStore, text: str, emit: Progress) -> Image:
     changed = store._commit(
         config_digest, manifest_digest, layers, sum(s for _, s in layer_descs), tags, [repo_digest]
     )
+    stored.clear()  # referenced by the index now
     image = store.get(config_digest)
 
     fresh = {_short(d) for d, _ in pending}

@@ -285,6 +285,16 @@ class ImageStore:
                 paths.base_disk_lock(image_id).unlink(missing_ok=True)
         return out
 
+    @staticmethod
+    def _forget_blobs(digests: list[str]) -> None:
+        """Delete blobs of an aborted pull/load that no recorded image refers to."""
+        with index.locked():
+            data = index.load()
+            used = set()
+            for image_id, rec in data["images"].items():
+                used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
+            blobs.delete(set(digests) - used)
+
     # --- pull ---------------------------------------------------------------------------
 
     def pull(self, ref: str, progress: Progress | None = None) -> Image:
