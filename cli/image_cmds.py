@@ -63,12 +63,16 @@ def progress_renderer(
         transient=False,
     )
     tasks: dict[str, object] = {}
+    after: list[str] = []  # Digest/Status go below the finished bars, as in Docker
 
     def fancy(event) -> None:
         if before:
             before()
         if not event.layer:
-            progress.console.print(event.status, markup=False)
+            if event.status.startswith(("Digest:", "Status:")):
+                after.append(event.status)
+            else:
+                progress.console.print(event.status, markup=False)
             return
         task = tasks.get(event.layer)
         if task is None:
@@ -85,6 +89,9 @@ def progress_renderer(
 
     with progress:
         yield fancy
+    for line in after:
+        stream.write(line + "\n")
+    stream.flush()
 
 
 # --- commands -----------------------------------------------------------------------------------

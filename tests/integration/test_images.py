@@ -366,12 +366,31 @@ class _Fake(BaseHTTPRequestHandler):
 
     routes: dict = {}
     started = threading.Event()
+    token: str | None = None  # when set, /v2/ paths need "Bearer <token>" from /token
+    token_requests: list = []
 
     def log_message(self, *args) -> None:
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        route = self.routes.get(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        if self.token and path == "/token":
+            self.token_requests.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"token": self.token}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            host = self.headers["Host"]
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token",'
+                             f'service="fake",scope="repository:slow:pull"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        route = self.routes.get(path)
         if route is None:
             self.send_response(500)
             self.send_header("Content-Length", "0")
@@ -400,6 +419,8 @@ def fake():
     thread.start()
     _Fake.routes = {"/v2/": ("application/json", b"{}")}
     _Fake.started.clear()
+    _Fake.token = None
+    _Fake.token_requests = []
     yield f"127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -412,11 +433,13 @@ def test_registry_500(fake, root):
     assert leftovers(root) == NOTHING
 
 
-def test_ctrl_c_during_pull_leaves_nothing(fake, root):
-    def digest(data: bytes) -> str:
-        return "sha256:" + hashlib.sha256(data).hexdigest()
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
-    layer = os.urandom(8 << 20)  # 8 MiB at ~1.3 MB/s: several seconds to download
+
+def _serve_image(name: str, layer: bytes, layer_type: str = "application/octet-stream") -> str:
+    """Routes for a one-layer image `name:latest` on the fake registry; returns the config id."""
+    digest = _digest
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
     manifest = json.dumps({
@@ -427,10 +450,35 @@ def test_ctrl_c_during_pull_leaves_nothing(fake, root):
                     "digest": digest(layer), "size": len(layer)}],
     }).encode()
     _Fake.routes.update({
-        "/v2/slow/manifests/latest": ("application/vnd.oci.image.manifest.v1+json", manifest),
-        f"/v2/slow/blobs/{digest(config)}": ("application/octet-stream", config),
-        f"/v2/slow/blobs/{digest(layer)}": ("slow", layer),
+        f"/v2/{name}/manifests/latest": ("application/vnd.oci.image.manifest.v1+json", manifest),
+        f"/v2/{name}/blobs/{digest(config)}": ("application/octet-stream", config),
+        f"/v2/{name}/blobs/{digest(layer)}": (layer_type, layer),
     })
+    return digest(config)
+
+
+def test_bearer_token_auth_with_docker_config_credentials(fake, root, tmp_path, monkeypatch):
+    import base64
+
+    layer = tmp_path / "layer.tar"
+    fx.write_layer(layer, [fx.file("hello", "world")])
+    image_id = _serve_image("slow", layer.read_bytes())
+    _Fake.token = "s3cret-token"
+    config_dir = tmp_path / "docker"
+    config_dir.mkdir()
+    auth = base64.b64encode(b"alice:pw").decode()
+    (config_dir / "config.json").write_text(json.dumps({"auths": {fake: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    ok("pull", f"{fake}/slow")
+    assert store().get(f"{fake}/slow").id == image_id
+    query, authorization = _Fake.token_requests[0]
+    assert "scope=repository%3Aslow%3Apull" in query and "service=fake" in query
+    assert authorization == f"Basic {auth}"
+
+
+def test_ctrl_c_during_pull_leaves_nothing(fake, root):
+    layer = os.urandom(8 << 20)  # 8 MiB at ~1.3 MB/s: several seconds to download
+    _serve_image("slow", layer, "slow")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "pull", f"{fake}/slow"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
@@ -455,3 +503,37 @@ def test_usage_errors(root):
     assert "invalid reference format" in proc.err
     with pytest.raises(HvError):
         store().tag("nothing", "x")
+
+
+def test_load_umoci_layout_tarball_names_bare_tags_after_the_file(reg, root, tmp_path):
+    """guest-images ships `busybox.oci.tar` whose ref.name is just 'latest'."""
+    archive = tmp_path / "busybox.oci.tar"
+    subprocess.run(["tar", "-C", str(reg.layout), "-cf", str(archive), "oci-layout",
+                    "index.json", "blobs"], check=True)
+    lines = ok("load", "-i", str(archive)).splitlines()
+    assert "Loaded image: busybox:latest" in lines and "Loaded image: busybox:multi" in lines
+    assert store().get("busybox:multi").id == fx.config_digest(reg.layout, "amd")
+    assert store().get("busybox").run_config["Cmd"] == ["echo hi"]
+
+
+def test_pull_progress_on_a_terminal(reg, root):
+    """With a TTY the rich renderer draws per-layer bars and still ends with the ref."""
+    import pty
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="100")
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "pull", busybox(reg)], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "Pull complete" in text and f"{reg.host}/busybox:latest" in text
