@@ -140,6 +140,10 @@ def test_pull_by_tag_prints_docker_lines_and_lists(reg, root):
     assert ok("images", "-q", f"{reg.host}/busybox:nope") == ""
     assert ok("pull", "-q", busybox(reg)) == f"{reg.host}/busybox:latest\n"
 
+    paths.base_disk(image.id).unlink()  # built again, lazily, when run needs it
+    assert store().base_disk(image) == paths.base_disk(image.id)
+    assert paths.base_disk(image.id).stat().st_size >= 8 << 30
+
 
 def test_pull_by_digest(reg):
     digest = fx.manifest_of(reg.layout, "latest")["digest"]
