@@ -107,6 +107,7 @@ def raw_boot_seconds(
     root_disk: Path,
     repeats: int,
     bios: str | None = None,
+    nic_rom: bool = False,
 ) -> list[float]:
     """Wall seconds of `repeats` boots of a `true` container, qemu start to qemu exit.
 
@@ -136,6 +137,7 @@ def raw_boot_seconds(
                 d / "console.log",
                 bios=bios,
                 snapshot=True,
+                nic_rom=nic_rom,
             )
             _, dt = run_qemu(argv)
             st = read_status(status)
@@ -181,10 +183,16 @@ def main() -> int:
             f"initrd {mb[0]:.1f} MB, kernel {mb[1]:.1f} MB; TCG, -M pc, 1 vCPU, 512 MiB;",
             f"{args.repeats} boots each",
         )
-        for label, bios in (("SeaBIOS", None), ("qboot", QBOOT)):
-            t = raw_boot_seconds(kernel, initrd, cmdline, disk, args.repeats, bios=bios)
+        for label, bios, rom in (
+            ("SeaBIOS", None, False),
+            ("qboot", QBOOT, False),
+            ("SeaBIOS + virtio-net iPXE ROM", None, True),
+        ):
+            t = raw_boot_seconds(
+                kernel, initrd, cmdline, disk, args.repeats, bios=bios, nic_rom=rom
+            )
             print(
-                f"{label:8s} median {statistics.median(t):.2f}s  "
+                f"{label:30s} median {statistics.median(t):.2f}s  "
                 f"(min {min(t):.2f}s, max {max(t):.2f}s)"
             )
     return 0

@@ -61,6 +61,7 @@ if [ -f "$ENTRY/cmdline" ]; then install_out; exit 0; fi
 # --- build into a temporary folder next to the cache entry, then rename -------------------
 mkdir -p "$CACHE/guest"
 WORK=$(mktemp -d "$CACHE/guest/.build.XXXXXX")
+chmod 0755 "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 R=$WORK/root
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,lib/modules,usr/sbin}
