@@ -163,9 +163,7 @@ def call(fn, *args):
             f.write(data)
         os._exit(0)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
+    data = _collect(r, pid)
     if not data:
         raise RuntimeFailure("the libvirt helper process died",
                              hint=f"read {paths.libvirt_log()}")
@@ -173,6 +171,41 @@ def call(fn, *args):
     if ok:
         return value
     raise value
+
+
+def _collect(r: int, pid: int) -> bytes:
+    """Read the child's answer while reaping zombies.
+
+    A foreground `run` adopts orphans (PR_SET_CHILD_SUBREAPER); QEMU processes that
+    libvirt spawns and kills inside the child (capability probes) then become our
+    children, and libvirt waits for them to die: they must be reaped while we wait.
+    """
+    import select
+
+    chunks = []
+    child_done = False
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while True:
+            ready, _, _ = select.select([f], [], [], 0.05)
+            if ready:
+                chunk = f.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            while True:
+                try:
+                    reaped, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if reaped == 0:
+                    break
+                child_done = child_done or reaped == pid
+    if not child_done:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    return b"".join(chunks)
 
 
 def first_line(text: str) -> str:
