@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from datetime import UTC, datetime
 
@@ -33,7 +34,7 @@ def _quote(text: str) -> str:
 
 
 def command_text(c: Container, no_trunc: bool) -> str:
-    cmd = " ".join(c.record.argv)
+    cmd = shlex.join(c.record.argv)
     if not no_trunc and len(cmd) > 20:
         cmd = cmd[:19] + "…"
     return _quote(cmd)
