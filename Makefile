@@ -46,20 +46,21 @@ $(VENV)/.installed: pyproject.toml
 
 venv: apt $(VENV)/.installed
 
-guest: apt
+# Built once into the cache, then linked where `hv` looks by default (HV_ROOT/guest).
+guest: apt venv
 	guest-images/build.sh $(GUEST)
+	guest-images/build.sh "$$($(PY) -c 'from hv import paths; print(paths.guest_dir())')"
 
 images: apt
 	guest-images/images/busybox.sh $(IMAGES)
 	guest-images/images/debian.sh $(IMAGES)
 
 demo: setup
-	@export HV_GUEST_DIR=$(GUEST); \
-	$(HV) images -q busybox:latest | grep -q . || $(HV) load -i $(IMAGES)/busybox.oci.tar; \
-	echo '$$ hv run --rm busybox sh -c "echo hello from a VM; uname -sr; cat /proc/cpuinfo | grep -m1 ^model.name"'; \
-	$(HV) run --rm busybox sh -c 'echo hello from a VM; uname -sr; grep -m1 "^model name" /proc/cpuinfo'; \
-	echo '$$ hv run --rm busybox sh -c "exit 3"'; \
-	$(HV) run --rm busybox sh -c 'exit 3'; echo "exit code: $$?"
+	@$(HV) images -q busybox:latest | grep -q . || $(HV) load -i $(IMAGES)/busybox.oci.tar
+	@echo "\$$ hv run --rm busybox sh -c 'echo hello from a VM; uname -sr; grep -m1 \"model name\" /proc/cpuinfo'"
+	@$(HV) run --rm busybox sh -c 'echo hello from a VM; uname -sr; grep -m1 "model name" /proc/cpuinfo'
+	@echo "\$$ hv run --rm busybox sh -c 'exit 3'"
+	@$(HV) run --rm busybox sh -c 'exit 3'; echo "exit code: $$?"
 
 test: setup
 	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests

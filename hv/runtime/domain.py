@@ -85,6 +85,7 @@ class UserNetwork:
     def element(self, devices: ET.Element) -> None:
         iface = _sub(devices, "interface", type="user")
         _sub(iface, "model", type=self.model)
+        _sub(iface, "rom", enabled="no")  # the iPXE option ROM costs ~0.1 s of boot, unused
 
 
 @dataclass
