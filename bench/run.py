@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 REPEATS = int(os.environ.get("HV_BENCH_REPEATS", "7"))
 
@@ -65,9 +64,9 @@ def oci_bundle(images: Path, work: Path) -> Path:
 
 
 def main() -> int:
+    from bench.rawboot import raw_boot_seconds
     from hv import paths
     from hv.runtime.accel import detect
-    from rawboot import raw_boot_seconds
 
     images = Path(os.environ.get("HV_TEST_IMAGES", paths.cache_root() / "images" / "out"))
     work = Path(tempfile.mkdtemp(prefix="hvb-", dir="/tmp"))
