@@ -1,13 +1,29 @@
 #!/bin/bash
-# Build the guest of an hv container VM: vmlinuz, initrd.img (the agent) and cmdline.
+# Build the guest of an hv container VM: the kernel, the agent's initramfs and how to boot them.
 #
 #   guest-images/build.sh OUTDIR
 #
-# The result is cached in ${HV_CACHE:-/var/cache/hv}/guest/<hash>, where the hash covers
-# this script, everything under agent/ and the versions of the packages it is built from;
-# a cached build is only hard-linked (or copied) into OUTDIR.
+# OUTDIR gets (the contract with the libvirt domain / raw qemu):
+#   vmlinuz     the kernel for direct kernel boot (-kernel, <os><kernel>): hv's own kernel as an
+#               uncompressed ELF vmlinux with a PVH entry note, or Debian's cloud bzImage
+#   initrd.img  the agent (lz4 cpio); kernel modules only for the cloud kernel
+#   cmdline     the kernel command line (one line, no newline)
+#   kernel      "hv" or "cloud": which kernel vmlinuz is
+#   firmware    the firmware ROM to boot with (-bios, <os><loader type='rom'>), or empty for
+#               QEMU's default (SeaBIOS); hv's vmlinux uses /usr/share/qemu/qboot.rom
+#   machine     the QEMU machine type: "pc"
+#   release     the kernel's `uname -r`
 #
-# Environment: HV_CACHE (cache root), HV_INITRD_COMPRESS (none|gzip|lz4|zstd|xz; default lz4).
+# HV_KERNEL=hv (default) builds hv's kernel (guest-images/kernel/build.sh, cached; about
+# 8 minutes once per machine) and falls back to the cloud kernel, with a one-line message, when
+# it cannot be built; HV_KERNEL=cloud uses linux-image-cloud-amd64 and its modules.
+#
+# The result is cached in ${HV_CACHE:-/var/cache/hv}/guest/<hash>, where the hash covers
+# this script, everything under agent/, the kernel and the versions of the packages it is
+# built from; a cached build is only hard-linked (or copied) into OUTDIR.
+#
+# Environment: HV_CACHE (cache root), HV_KERNEL (hv|cloud; default hv),
+# HV_INITRD_COMPRESS (none|gzip|lz4|zstd|xz; default lz4).
 set -euo pipefail
 
 die() { echo "guest-images/build.sh: $*" >&2; exit 1; }
@@ -16,10 +32,13 @@ OUT=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 AGENT=$HERE/agent
 COMPRESS=${HV_INITRD_COMPRESS:-lz4}
+KIND=${HV_KERNEL:-hv}
+QBOOT=/usr/share/qemu/qboot.rom
 
 if [ -n "${HV_CACHE:-}" ]; then CACHE=$HV_CACHE
 elif [ "$(id -u)" = 0 ]; then CACHE=/var/cache/hv
 else CACHE=$HOME/.cache/hv; fi
+export HV_CACHE=$CACHE
 
 # --- what we build from -------------------------------------------------------------------
 need_pkg() {
@@ -27,8 +46,7 @@ need_pkg() {
 		grep -q ' installed$' || die "package $1 is not installed (apt-get install $1)"
 	dpkg-query -W -f '${Package}=${Version}\n' "$1"
 }
-PKGS=$(for p in linux-image-cloud-amd64 busybox-static openssh-server gcc libc6-dev cpio; do
-	need_pkg "$p"; done)
+PKGS=$(for p in busybox-static openssh-server gcc libc6-dev cpio; do need_pkg "$p"; done)
 case $COMPRESS in
 none | gzip) ;;
 lz4) PKGS+=$'\n'$(need_pkg lz4) ;;
@@ -36,39 +54,64 @@ zstd) PKGS+=$'\n'$(need_pkg zstd) ;;
 xz) PKGS+=$'\n'$(need_pkg xz-utils) ;;
 *) die "HV_INITRD_COMPRESS=$COMPRESS: use none, gzip, lz4, zstd or xz" ;;
 esac
-# The kernel the cloud metapackage points at, e.g. "linux-image-6.1.0-56-cloud-amd64 (= ...)".
-KPKG=$(dpkg-query -W -f '${Depends}' linux-image-cloud-amd64 | sed 's/[ ,(].*//')
-KVER=${KPKG#linux-image-}
-PKGS+=$'\n'$(need_pkg "$KPKG")
-KERNEL=/boot/vmlinuz-$KVER
-MODDIR=/lib/modules/$KVER
-[ -r "$KERNEL" ] || die "cannot read $KERNEL (run as root?)"
-[ -r "$MODDIR/modules.dep" ] || die "no $MODDIR/modules.dep"
 
-HASH=$( (cat "$0"; find "$AGENT" -type f | LC_ALL=C sort | xargs cat; echo "$PKGS $COMPRESS") |
-	sha256sum | cut -c1-16)
+# The kernel: hv's own (built or cached), else Debian's cloud kernel.
+case $KIND in hv | cloud) ;; *) die "HV_KERNEL=$KIND: use hv or cloud" ;; esac
+TMPK=
+cleanup_k() { [ -z "$TMPK" ] || rm -rf "$TMPK"; }
+trap cleanup_k EXIT
+if [ "$KIND" = hv ]; then
+	TMPK=$(mktemp -d)
+	if "$HERE/kernel/build.sh" "$TMPK/k" >/dev/null 2>"$TMPK/err"; then
+		KERNEL=$TMPK/k/vmlinux
+		KVER=$(cat "$TMPK/k/release")
+		PKGS+=$'\n'"hv-kernel $KVER $(sha256sum <"$KERNEL" | cut -c1-32)"
+	else
+		echo "guest-images/build.sh: hv kernel unavailable ($(grep . "$TMPK/err" | tail -n 1));" \
+			"using Debian's cloud kernel" >&2
+		KIND=cloud
+	fi
+fi
+if [ "$KIND" = cloud ]; then
+	PKGS+=$'\n'$(need_pkg linux-image-cloud-amd64)
+	# The kernel the cloud metapackage points at, e.g. "linux-image-6.1.0-56-cloud-amd64 (= ...)".
+	KPKG=$(dpkg-query -W -f '${Depends}' linux-image-cloud-amd64 | sed 's/[ ,(].*//')
+	KVER=${KPKG#linux-image-}
+	PKGS+=$'\n'$(need_pkg "$KPKG")
+	KERNEL=/boot/vmlinuz-$KVER
+	MODDIR=/lib/modules/$KVER
+	[ -r "$KERNEL" ] || die "cannot read $KERNEL (run as root?)"
+	[ -r "$MODDIR/modules.dep" ] || die "no $MODDIR/modules.dep"
+fi
+FIRMWARE= MACHINE=pc
+if [ "$KIND" = hv ] && [ -r "$QBOOT" ]; then FIRMWARE=$QBOOT; fi
+
+HASH=$( (cat "$0"; find "$AGENT" -type f | LC_ALL=C sort | xargs cat
+	echo "$PKGS $COMPRESS $KIND $FIRMWARE $MACHINE") | sha256sum | cut -c1-16)
 ENTRY=$CACHE/guest/$HASH
+FILES="vmlinuz initrd.img cmdline kernel firmware machine release"
 
 install_out() {
 	mkdir -p "$OUT"
-	for f in vmlinuz initrd.img cmdline; do
+	for f in $FILES; do
 		ln -f "$ENTRY/$f" "$OUT/$f" 2>/dev/null || cp -f "$ENTRY/$f" "$OUT/$f"
 	done
-	echo "guest: $OUT (cache $ENTRY)"
+	echo "guest: $OUT ($KIND kernel $KVER, cache $ENTRY)"
 }
-if [ -f "$ENTRY/cmdline" ]; then install_out; exit 0; fi
+if [ -f "$ENTRY/release" ]; then install_out; exit 0; fi
 
 # --- build into a temporary folder next to the cache entry, then rename -------------------
 mkdir -p "$CACHE/guest"
 WORK=$(mktemp -d "$CACHE/guest/.build.XXXXXX")
 chmod 0755 "$WORK"
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK"; cleanup_k' EXIT
 R=$WORK/root
-mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,lib/modules,usr/sbin}
+mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,usr/sbin}
 
 # Stage 1 and stage 2 of the agent.
 install -m 0755 "$AGENT/init" "$R/init"
-gcc -static -Os -Wall -Wextra -o "$R/sbin/hv-init" "$AGENT/hv-init.c"
+gcc -static -Os -Wall -Wextra -o "$R/sbin/hv-init" "$AGENT"/hv-init.c "$AGENT"/proc.c \
+	"$AGENT"/session.c
 strip "$R/sbin/hv-init"
 
 # busybox with its applets as links (so the script and, later, sshd sessions have a shell).
@@ -77,9 +120,12 @@ for a in $(/bin/busybox --list); do
 	[ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"
 done
 
-# Kernel modules: each wanted module and its dependencies, deps first (modules.dep lists a
+# Kernel modules (the cloud kernel only; hv's kernel has everything built in and the initramfs
+# has no /lib/modules): each wanted module and its dependencies, deps first (modules.dep lists a
 # module's whole dependency closure; a depth-first walk puts every dependency first).
 declare -A DEP PATHOF DONE
+if [ "$KIND" = cloud ]; then
+mkdir -p "$R/lib/modules"
 while IFS=: read -r path deps; do
 	name=$(basename "$path"); name=${name%%.ko*}; name=${name//-/_}
 	PATHOF[$name]=$path
@@ -108,6 +154,7 @@ for m in $(grep -v '^#' "$AGENT/modules.list"); do
 	[ -n "${PATHOF[$m]:-}" ] || die "module $m is neither built into $KVER nor in modules.dep"
 	visit "${PATHOF[$m]}"
 done
+fi
 
 # OpenSSH's sshd with its shared libraries, the way initramfs-tools' copy_exec does (ldd).
 copy_exec() {
@@ -121,8 +168,13 @@ copy_exec() {
 	done
 }
 copy_exec /usr/sbin/sshd
-printf 'root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n' >"$R/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"
+# root's login shell is hv-init itself (sshd runs `SHELL -c "hv-init --session"`), home "/";
+# sshd's privilege separation: user sshd, empty root-owned /run/sshd; tty: gid 5 for PTYs.
+printf 'root:x:0:0:root:/:/sbin/hv-init\nsshd:x:100:65534::/run/sshd:/bin/false\n' >"$R/etc/passwd"
+printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$R/etc/group"
+mkdir -p "$R/etc/hv" "$R/run/sshd"
+chmod 0755 "$R/run/sshd"
+install -m 0644 "$AGENT/sshd_config" "$R/etc/hv/sshd_config"
 
 # /dev/console must exist in the initramfs, or init starts without stdin/stdout/stderr.
 if [ "$(id -u)" = 0 ]; then mknod -m 0600 "$R/dev/console" c 5 1; fi
@@ -143,10 +195,16 @@ rm -rf "$R"
 
 cp "$KERNEL" "$WORK/vmlinuz"
 # Measured under TCG (see bench/rawboot.py and the report in guest-images/README.md).
-printf '%s' "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check cryptomgr.notests \
-i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd" >"$WORK/cmdline"
-chmod 0644 "$WORK"/{vmlinuz,initrd.img,cmdline}
+CMDLINE="console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check"
+CMDLINE+=" i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+[ "$KIND" = hv ] || CMDLINE+=" cryptomgr.notests"
+printf '%s' "$CMDLINE" >"$WORK/cmdline"
+echo "$KIND" >"$WORK/kernel"
+if [ -n "$FIRMWARE" ]; then echo "$FIRMWARE"; fi >"$WORK/firmware" # empty: SeaBIOS
+echo "$MACHINE" >"$WORK/machine"
+echo "$KVER" >"$WORK/release"
+chmod 0644 "$WORK"/{vmlinuz,initrd.img,cmdline,kernel,firmware,machine,release}
 
-trap - EXIT
+trap cleanup_k EXIT
 if ! mv -T "$WORK" "$ENTRY" 2>/dev/null; then rm -rf "$WORK"; fi # lost a race: fine
 install_out
