@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,8 @@ class Assets:
     initrd: Path
     cmdline: str
     disk: Path  # pristine busybox root (never booted)
+    bios: str | None = None  # the guest contract's firmware (qboot for hv's kernel)
+    machine: str = "pc"
 
 
 @dataclass
@@ -59,7 +61,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     if not shutil.which("qemu-system-x86_64"):
         pytest.skip("qemu-system-x86_64 is not installed")
     work = tmp_path_factory.mktemp("guest")
-    kernel, initrd, cmdline, disk = rawboot.build_assets(work)
+    kernel, initrd, cmdline, disk = rawboot.build_assets(work)  # HV_KERNEL picks the kernel
+    contract = rawboot.guest_boot(kernel.parent)
     # Give the image an /etc/hosts of its own, to prove the agent never writes it.
     (work / "hosts").write_bytes(IMAGE_HOSTS)
     subprocess.run(
@@ -67,7 +70,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
         check=True,
         capture_output=True,
     )
-    return Assets(kernel, initrd, cmdline, disk)
+    return Assets(kernel, initrd, cmdline, disk, contract["firmware"] or None, contract["machine"])
 
 
 def boot(assets: Assets, tmp: Path, spec: GuestSpec, on_output=None) -> Result:
@@ -87,6 +90,8 @@ def boot(assets: Assets, tmp: Path, spec: GuestSpec, on_output=None) -> Result:
         status,
         console,
         monitor=monitor,
+        bios=assets.bios,
+        machine=assets.machine,
     )
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -239,7 +244,7 @@ def test_early_failure_powers_off(assets: Assets, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "junk.img").write_bytes(b"\0" * (4 << 20))
-    broken = Assets(assets.kernel, assets.initrd, assets.cmdline, bad / "junk.img")
+    broken = replace(assets, disk=bad / "junk.img")
     r = boot(broken, tmp_path, GuestSpec("b", ["true"], [PATH]))
     assert r.status.error_code == 125 and r.status.exit_code == 125, r.status_text
     assert "cannot mount the container root disk" in r.status.error
