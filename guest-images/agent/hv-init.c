@@ -3,70 +3,50 @@
  *
  *   hv-init [SEED_DIR [ROOT]]     run the container's main process (default /seed /c)
  *   hv-init --fail CODE MESSAGE   report an early failure, then power off
+ *   hv-init --session             the SSH ForceCommand (session.c); also as a login
+ *   hv-init -c COMMAND            shell: sshd runs `SHELL -c COMMAND`
  *
  * The main process runs chrooted into ROOT with the argv/env/workdir/user read from
  * SEED_DIR (argv and env: NUL-terminated items; the rest: one plain value per file).
- * Its stdout/stderr are pumped into framed records on the virtio-serial port "hv.log";
- * "started", "error" and "exited" lines go to the port "hv.status" (see DESIGN.md).
+ * Its stdout/stderr (or its PTY, with `tty`) are pumped into framed records on the
+ * virtio-serial port "hv.log" and to every client of the attach socket; "started",
+ * "error" and "exited" lines go to the port "hv.status" (see DESIGN.md and README.md).
  * PID 1 forwards signals, reaps every zombie, and never exits: it powers the VM off.
  *
- * Built with: gcc -static -Os -o hv-init hv-init.c
+ * Built with: gcc -static -Os -o hv-init agent/[a-z-]*.c
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#define FRAME_MAX (32768 - 16) /* one frame per write: virtio_console takes <= 32 KiB */
+#include "agent.h"
 
 static int status_fd = -1, log_fd = -1;
 
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("hv-agent: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-static uint64_t now_ns(void)
+static uint64_t mono_ms(void)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return;
-		p += n;
-		len -= (size_t)n;
-	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* Open the virtio-serial port called NAME (/sys/class/virtio-ports/vportXpY/name). The ports
@@ -121,248 +101,12 @@ static void status_line(const char *fmt, ...)
 	}
 }
 
-/* Last words: "exited CODE NS", sync, power off. Never returns. */
-static void power_off(int code)
-{
-	sync();
-	status_line("exited %d %llu", code, (unsigned long long)now_ns());
-	sync();
-	reboot(RB_POWER_OFF);
-	for (;;)
-		pause();
-}
-
-static void fail(int code, const char *msg)
-{
-	say("%s", msg);
-	status_line("error %d %s", code, msg);
-	power_off(code);
-}
-
-/* Read a whole seed file (NUL-terminated in memory); NULL if missing. */
-static char *slurp(const char *dir, const char *name, size_t *len)
-{
-	char path[512];
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	int fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return NULL;
-	size_t cap = 4096, n = 0;
-	char *buf = malloc(cap + 1);
-	ssize_t r;
-	while (buf && (r = read(fd, buf + n, cap - n)) > 0) {
-		n += (size_t)r;
-		if (n == cap)
-			buf = realloc(buf, (cap *= 2) + 1);
-	}
-	close(fd);
-	if (!buf)
-		fail(125, "out of memory");
-	buf[n] = 0;
-	if (len)
-		*len = n;
-	return buf;
-}
-
-/* Split NUL-terminated items into a NULL-terminated vector with room for EXTRA more. */
-static char **split0(char *buf, size_t len, int extra)
-{
-	int count = 0;
-	for (size_t i = 0; i < len; i++)
-		count += buf[i] == 0;
-	if (len && buf[len - 1])
-		count++; /* tolerate a missing final NUL */
-	char **v = calloc((size_t)(count + extra + 1), sizeof *v);
-	int k = 0;
-	for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
-		v[k++] = buf + i;
-	return v;
-}
-
-static const char *getenv_in(char **env, const char *key)
-{
-	size_t kl = strlen(key);
-	for (; *env; env++)
-		if (strncmp(*env, key, kl) == 0 && (*env)[kl] == '=')
-			return *env + kl + 1;
-	return NULL;
-}
-
-/* ---- the child: becomes the container's main process -------------------------------- */
-
-static int err_fd; /* CLOEXEC pipe back to PID 1: "CODE MESSAGE", only on failure */
-
-static void child_fail(int code, const char *fmt, ...)
-{
-	char buf[4096];
-	int n = snprintf(buf, sizeof buf, "%d ", code);
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
-	va_end(ap);
-	write_all(err_fd, buf, strlen(buf));
-	_exit(code);
-}
-
-static int all_digits(const char *s)
-{
-	if (!*s)
-		return 0;
-	for (; *s; s++)
-		if (*s < '0' || *s > '9')
-			return 0;
-	return 1;
-}
-
-/* Docker's rules (runc's GetExecUser): user by name or uid, optional :group or :gid; a
- * numeric uid absent from passwd runs with gid 0; supplementary groups from /etc/group
- * only when no group was given. Returns HOME (from passwd, else "/"). */
-static const char *switch_user(char *spec)
-{
-	char *grp = strchr(spec, ':');
-	if (grp)
-		*grp++ = 0;
-	const char *name = *spec ? spec : "0";
-	uid_t uid = 0;
-	gid_t gid = 0;
-	const char *home = "/", *pwname = NULL;
-	FILE *f = fopen("/etc/passwd", "r");
-	struct passwd *pw = NULL;
-	while (f && (pw = fgetpwent(f)))
-		if (strcmp(pw->pw_name, name) == 0 ||
-		    (all_digits(name) && pw->pw_uid == strtoul(name, NULL, 10)))
-			break;
-	if (pw) {
-		uid = pw->pw_uid, gid = pw->pw_gid;
-		home = strdup(pw->pw_dir), pwname = strdup(pw->pw_name);
-	} else if (all_digits(name)) {
-		uid = (uid_t)strtoul(name, NULL, 10);
-	} else {
-		child_fail(125, "unable to find user %s: no matching entries in passwd file", name);
-	}
-	if (f)
-		fclose(f);
-
-	gid_t groups[NGROUPS_MAX];
-	int ngroups = 0, found = 0;
-	f = fopen("/etc/group", "r");
-	struct group *gr;
-	while (f && (gr = fgetgrent(f))) {
-		if (grp && *grp) {
-			if (!found && (strcmp(gr->gr_name, grp) == 0 ||
-				       (all_digits(grp) && gr->gr_gid == strtoul(grp, NULL, 10))))
-				gid = gr->gr_gid, found = 1;
-		} else if (pwname) {
-			for (char **m = gr->gr_mem; *m && ngroups < NGROUPS_MAX; m++)
-				if (strcmp(*m, pwname) == 0)
-					groups[ngroups++] = gr->gr_gid;
-		}
-	}
-	if (f)
-		fclose(f);
-	if (grp && *grp && !found) {
-		if (!all_digits(grp))
-			child_fail(125, "unable to find group %s: no matching entries in group file",
-				   grp);
-		gid = (gid_t)strtoul(grp, NULL, 10);
-	}
-	if (setgroups((size_t)ngroups, groups) || setgid(gid) || setuid(uid))
-		child_fail(125, "cannot switch to user %s: %s", spec, strerror(errno));
-	return home;
-}
-
-static void mkdir_p(const char *dir)
-{
-	char buf[4096];
-	snprintf(buf, sizeof buf, "%s/", dir);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, 0755) && errno != EEXIST)
-			child_fail(125, "cannot create workdir %s: %s", dir, strerror(errno));
-		*p = '/';
-	}
-}
-
-static void exec_error(const char *arg0, const char *shown, int err)
-{
-	if (err == ENOENT || err == ENOTDIR)
-		child_fail(127, "exec: \"%s\": stat %s: no such file or directory", arg0, shown);
-	if (err == EACCES || err == EPERM || err == ENOEXEC || err == EISDIR)
-		child_fail(126, "exec: \"%s\": %s", arg0,
-			   err == ENOEXEC ? "exec format error" : "permission denied");
-	child_fail(125, "exec: \"%s\": %s", arg0, strerror(err));
-}
-
-static void run_child(char **argv, char **env, int nenv, const char *workdir, char *user,
-		      const char *root)
-{
-	if (chroot(root) || chdir("/"))
-		child_fail(125, "cannot enter the container root %s: %s", root, strerror(errno));
-	mkdir_p(workdir);
-	const char *home = switch_user(user);
-	if (chdir(workdir))
-		child_fail(125, "cannot chdir to %s: %s", workdir, strerror(errno));
-	if (!getenv_in(env, "PATH"))
-		env[nenv++] = "PATH=" DEFAULT_PATH;
-	if (!getenv_in(env, "HOME")) {
-		char *h = malloc(strlen(home) + 6);
-		sprintf(h, "HOME=%s", home);
-		env[nenv++] = h;
-	}
-	env[nenv] = NULL;
-
-	if (strchr(argv[0], '/')) {
-		execve(argv[0], argv, env);
-		exec_error(argv[0], argv[0], errno);
-	}
-	/* Search the container's PATH, never a shell (like Go's exec.LookPath). */
-	const char *path = getenv_in(env, "PATH");
-	char *dirs = strdup(path), *save = NULL, full[4096];
-	int denied = 0;
-	for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-		snprintf(full, sizeof full, "%s/%s", *d ? d : ".", argv[0]);
-		execve(full, argv, env);
-		if (errno == EACCES)
-			denied = 1;
-		else if (errno != ENOENT && errno != ENOTDIR)
-			exec_error(argv[0], full, errno);
-	}
-	if (denied)
-		exec_error(argv[0], argv[0], EACCES);
-	child_fail(127, "exec: \"%s\": executable file not found in $PATH", argv[0]);
-}
-
-/* ---- PID 1: pump output, forward signals, reap, power off ---------------------------- */
-
-static void pump(int fd, int stream, int *open_flag)
-{
-	static char buf[16 + FRAME_MAX];
-	ssize_t n = read(fd, buf + 16, FRAME_MAX);
-	if (n < 0 && (errno == EINTR || errno == EAGAIN))
-		return;
-	if (n <= 0) {
-		*open_flag = 0;
-		return;
-	}
-	uint64_t ts = now_ns();
-	memset(buf, 0, 16);
-	buf[0] = (char)stream;
-	for (int i = 0; i < 4; i++)
-		buf[4 + i] = (char)((uint32_t)n >> (24 - 8 * i));
-	for (int i = 0; i < 8; i++)
-		buf[8 + i] = (char)(ts >> (56 - 8 * i));
-	if (log_fd >= 0)
-		write_all(log_fd, buf, 16 + (size_t)n);
-}
-
 /* Unmount everything under ROOT, deepest first; remount ROOT read-only if it stays busy. */
 static void unmount_root(const char *root)
 {
 	char *mnts[64];
 	int n = 0;
-	FILE *f = fopen("/proc/self/mounts", "r");
+	FILE *f = fopen("/proc/self/mounts", "re");
 	char line[1024], dev[512], dir[512];
 	size_t rl = strlen(root);
 	while (f && fgets(line, sizeof line, f) && n < 64)
@@ -378,28 +122,332 @@ static void unmount_root(const char *root)
 				    strerror(errno));
 }
 
+static const char *root = ROOT_DIR;
+
+/* End every process, unmount the container root, power off; "exited CODE NS" first unless
+ * QUIET (maintenance boots never touch the container's recorded exit). Never returns. */
+static void power_off(int code, int quiet)
+{
+	kill(-1, SIGKILL);
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
+	unmount_root(root);
+	sync();
+	if (!quiet)
+		status_line("exited %d %llu", code, (unsigned long long)now_ns());
+	sync();
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+static void fail(int code, const char *msg)
+{
+	say("%s", msg);
+	status_line("error %d %s", code, msg);
+	power_off(code, 0);
+}
+
+/* Kill the container's processes (root ROOT or below): the main process's leftovers and
+ * exec'd processes, not sshd and the attach relays (the agent's root). */
+static void kill_container_processes(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	size_t rl = strlen(root);
+	while (d && (e = readdir(d))) {
+		if (!all_digits(e->d_name))
+			continue;
+		char path[300], link[512];
+		snprintf(path, sizeof path, "/proc/%s/root", e->d_name);
+		ssize_t n = readlink(path, link, sizeof link - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (strncmp(link, root, rl) == 0 && (link[rl] == 0 || link[rl] == '/'))
+			kill(atoi(e->d_name), SIGKILL);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* Is sshd listening on TCP port 22 (IPv4)? */
+static int sshd_listening(void)
+{
+	FILE *f = fopen("/proc/net/tcp", "re");
+	char line[256], local[64], remote[64], st[8];
+	int yes = 0;
+	while (f && !yes && fgets(line, sizeof line, f))
+		if (sscanf(line, " %*s %63s %63s %7s", local, remote, st) == 3) {
+			size_t l = strlen(local);
+			yes = l > 5 && strcmp(local + l - 5, ":0016") == 0 && strcmp(st, "0A") == 0;
+		}
+	if (f)
+		fclose(f);
+	return yes;
+}
+
+/* ---- the attach socket ----------------------------------------------------------------- */
+
+#define MAX_CLIENTS 16
+#define CLIENT_OUT_MAX (8u << 20) /* a client this far behind is dropped */
+#define CLIENT_FRAME_MAX (1u << 20)
+#define STDIN_BUF_MAX (64u << 10)
+
+struct client {
+	int fd;
+	unsigned char *in, *out;
+	size_t inlen, incap, outoff, outlen, outcap;
+	int rd_closed, frames, frames_shut;
+	uint64_t since_ms;
+};
+static struct client clients[MAX_CLIENTS];
+static int nclients;
+
+static int listen_fd = -1;
+static int tty_mode, stdin_open;
+static int master = -1;                    /* tty mode: PTY master (output + stdin) */
+static int out_r = -1, err_r = -1;         /* pipe mode: the main process's stdout/stderr */
+static int stdin_w = -1, stdin_eof;        /* where stdin frames go; close after the buffer */
+static unsigned char *stdin_buf;
+static size_t stdin_len;
+static struct winsize winsz = {24, 80, 0, 0};
+
+static void drop_client(int i)
+{
+	close(clients[i].fd);
+	free(clients[i].in);
+	free(clients[i].out);
+	clients[i] = clients[--nclients];
+}
+
+static int flush_client(struct client *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n <= 0)
+			return -1;
+		c->outoff += (size_t)n;
+	}
+	if (c->outoff == c->outlen)
+		c->outoff = c->outlen = 0;
+	return 0;
+}
+
+static void client_queue(int i, const unsigned char *h, const void *data, size_t n)
+{
+	struct client *c = &clients[i];
+	if (c->outoff && c->outoff == c->outlen)
+		c->outoff = c->outlen = 0;
+	size_t need = c->outlen + 16 + n;
+	if (need > CLIENT_OUT_MAX) {
+		drop_client(i);
+		return;
+	}
+	if (need > c->outcap) {
+		if (c->outoff) { /* compact first */
+			memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
+			c->outlen -= c->outoff, c->outoff = 0, need = c->outlen + 16 + n;
+		}
+		if (need > c->outcap) {
+			size_t cap = c->outcap ? c->outcap : 65536;
+			while (cap < need)
+				cap *= 2;
+			c->out = realloc(c->out, cap), c->outcap = cap;
+		}
+	}
+	memcpy(c->out + c->outlen, h, 16);
+	memcpy(c->out + c->outlen + 16, data, n);
+	c->outlen += 16 + n;
+	if (flush_client(c))
+		drop_client(i);
+}
+
+/* One frame of output: to hv.log (stdout/stderr only) and to every attach client. */
+static void emit(int type, const void *data, size_t n)
+{
+	unsigned char h[16];
+	frame_header(h, type, (uint32_t)n, now_ns());
+	if (log_fd >= 0 && (type == FR_STDOUT || type == FR_STDERR)) {
+		static unsigned char buf[16 + FRAME_MAX];
+		memcpy(buf, h, 16);
+		memcpy(buf + 16, data, n);
+		write_all(log_fd, buf, 16 + n);
+	}
+	for (int i = nclients - 1; i >= 0; i--)
+		client_queue(i, h, data, n);
+}
+
+/* Read one chunk of output from FD as frames of TYPE; 0 at EOF (or EIO: PTY closed). */
+static int pump(int fd, int type)
+{
+	static char buf[FRAME_MAX];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return 1;
+	if (n <= 0)
+		return 0;
+	emit(type, buf, (size_t)n);
+	return 1;
+}
+
+static void stdin_flush(void)
+{
+	while (stdin_w >= 0 && stdin_len > 0) {
+		ssize_t n = write(stdin_w, stdin_buf, stdin_len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) { /* the process closed its stdin: discard */
+			stdin_len = 0;
+			if (!tty_mode) {
+				close(stdin_w);
+				stdin_w = -1;
+			}
+			return;
+		}
+		memmove(stdin_buf, stdin_buf + n, stdin_len - (size_t)n);
+		stdin_len -= (size_t)n;
+	}
+	if (stdin_eof && stdin_len == 0 && stdin_w >= 0 && !tty_mode) {
+		close(stdin_w);
+		stdin_w = -1;
+	}
+}
+
+static void handle_frame(int type, const unsigned char *p, size_t n)
+{
+	if (type == FR_STDIN && stdin_open && stdin_w >= 0 && !stdin_eof) {
+		stdin_buf = realloc(stdin_buf, stdin_len + n);
+		memcpy(stdin_buf + stdin_len, p, n);
+		stdin_len += n;
+		stdin_flush();
+	} else if (type == FR_EOF && stdin_open && !tty_mode) {
+		stdin_eof = 1;
+		stdin_flush();
+	} else if (type == FR_RESIZE) {
+		char s[64];
+		unsigned rows, cols;
+		snprintf(s, sizeof s, "%.*s", (int)(n < 63 ? n : 63), (const char *)p);
+		if (sscanf(s, "%u %u", &rows, &cols) == 2 && rows && cols && rows < 65536 &&
+		    cols < 65536) {
+			winsz.ws_row = (unsigned short)rows, winsz.ws_col = (unsigned short)cols;
+			if (master >= 0)
+				ioctl(master, TIOCSWINSZ, &winsz);
+		}
+	}
+}
+
+/* Read from client I; returns -1 when it must be dropped. */
+static int client_read(int i)
+{
+	struct client *c = &clients[i];
+	unsigned char buf[65536];
+	ssize_t n = read(c->fd, buf, sizeof buf);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return 0;
+	if (n < 0)
+		return -1;
+	if (n == 0) { /* half-closed: keep sending output until it goes away */
+		c->rd_closed = 1;
+		return 0;
+	}
+	if (c->inlen + (size_t)n > c->incap) {
+		c->incap = c->inlen + (size_t)n + 65536;
+		c->in = realloc(c->in, c->incap);
+	}
+	memcpy(c->in + c->inlen, buf, (size_t)n);
+	c->inlen += (size_t)n;
+	size_t pos = 0;
+	while (c->inlen - pos >= 16) {
+		unsigned char *h = c->in + pos;
+		uint32_t len = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
+		if (len > CLIENT_FRAME_MAX)
+			return -1;
+		if (c->inlen - pos < 16 + (size_t)len)
+			break;
+		handle_frame(h[0], h + 16, len);
+		c->frames++;
+		pos += 16 + len;
+	}
+	memmove(c->in, c->in + pos, c->inlen - pos);
+	c->inlen -= pos;
+	return 0;
+}
+
+static void attach_listen(void)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	snprintf(a.sun_path, sizeof a.sun_path, "%s", ATTACH_SOCK);
+	unlink(ATTACH_SOCK);
+	listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&a, sizeof a) ||
+	    chmod(ATTACH_SOCK, 0600) || listen(listen_fd, 16)) {
+		say("cannot listen on %s: %s", ATTACH_SOCK, strerror(errno));
+		if (listen_fd >= 0)
+			close(listen_fd);
+		listen_fd = -1;
+	}
+}
+
+static void attach_accept(void)
+{
+	int fd;
+	while ((fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		if (nclients == MAX_CLIENTS) {
+			close(fd);
+			continue;
+		}
+		clients[nclients++] = (struct client){.fd = fd, .since_ms = mono_ms()};
+	}
+}
+
+/* ---- maintenance: sshd only, no main process --------------------------------------------- */
+
+static void maintenance_loop(int sfd)
+{
+	for (;;) {
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof si) != sizeof si)
+			continue;
+		if (si.ssi_signo == SIGCHLD) {
+			while (waitpid(-1, NULL, WNOHANG) > 0)
+				;
+		} else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+			power_off(0, 1); /* quietly: the container's exit code stays as it was */
+		}
+	}
+}
+
+/* ---- PID 1 ------------------------------------------------------------------------------- */
+
+static int seed_flag(const char *seed, const char *name)
+{
+	char *v = slurp(seed, name, NULL);
+	int yes = v && v[0] == '1';
+	free(v);
+	return yes;
+}
+
 int main(int argc, char **argv)
 {
+	if ((argc >= 2 && strcmp(argv[1], "--session") == 0) ||
+	    (argc == 3 && strcmp(argv[1], "-c") == 0))
+		return session_main();
 	if (getpid() == 1)
 		reboot(RB_DISABLE_CAD); /* ctrl-alt-del becomes SIGINT to us: a stop request */
+	signal(SIGPIPE, SIG_IGN);
 	status_fd = open_port("hv.status");
 	if (argc == 4 && strcmp(argv[1], "--fail") == 0)
 		fail(atoi(argv[2]), argv[3]);
-	const char *seed = argc > 1 ? argv[1] : "/seed", *root = argc > 2 ? argv[2] : "/c";
-	log_fd = open_port("hv.log");
-
-	size_t alen = 0, elen = 0;
-	char *abuf = slurp(seed, "argv", &alen), *ebuf = slurp(seed, "env", &elen);
-	char *workdir = slurp(seed, "workdir", NULL), *user = slurp(seed, "user", NULL);
-	if (!abuf || !alen)
-		fail(125, "no command specified");
-	char **cargv = split0(abuf, alen, 0);
-	char **cenv = split0(ebuf ? ebuf : "", ebuf ? elen : 0, 2);
-	int nenv = 0;
-	while (cenv[nenv])
-		nenv++;
-	if (!workdir || !*workdir)
-		workdir = "/";
+	const char *seed = argc > 1 ? argv[1] : SEED_DIR;
+	root = argc > 2 ? argv[2] : ROOT_DIR;
 
 	/* Signals arrive through a signalfd; the child gets the mask back before exec. */
 	int fwd[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
@@ -411,52 +459,171 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, &oldmask);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
-	int out[2], errp[2], ep[2];
-	int devnull = open("/dev/null", O_RDWR);
-	if (sfd < 0 || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC) || pipe2(ep, O_CLOEXEC) ||
-	    devnull < 0)
+	if (seed_flag(seed, "maintenance"))
+		maintenance_loop(sfd);
+
+	log_fd = open_port("hv.log");
+	size_t alen = 0, elen = 0;
+	char *abuf = slurp(seed, "argv", &alen), *ebuf = slurp(seed, "env", &elen);
+	char *workdir = slurp(seed, "workdir", NULL), *user = slurp(seed, "user", NULL);
+	if (!abuf || !alen)
+		fail(125, "no command specified");
+	tty_mode = seed_flag(seed, "tty");
+	stdin_open = seed_flag(seed, "stdin_open");
+	int wait_attach = seed_flag(seed, "wait_attach");
+	/* /init started sshd when the seed had the keys: `started` waits until it listens. */
+	int want_sshd = access(HOST_KEY_FILE, F_OK) == 0;
+	uint64_t t0 = mono_ms();
+
+	struct proc_spec ps = {0};
+	ps.argv = split0(abuf, alen, 0);
+	ps.env = split0(ebuf ? ebuf : "", ebuf ? elen : 0, 2);
+	while (ps.env[ps.nenv])
+		ps.nenv++;
+	ps.workdir = workdir && *workdir ? workdir : "/";
+	ps.user = user ? user : (char *)"";
+	ps.root = root;
+
+	int out[2] = {-1, -1}, errp[2] = {-1, -1}, in[2] = {-1, -1}, ep[2];
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	char slave[64] = "";
+	if (sfd < 0 || devnull < 0 || pipe2(ep, O_CLOEXEC))
 		fail(125, "cannot set up the main process's pipes");
-	pid_t main_pid = fork();
-	if (main_pid < 0)
-		fail(125, "fork failed");
-	if (main_pid == 0) {
-		err_fd = ep[1];
-		dup2(devnull, 0), dup2(out[1], 1), dup2(errp[1], 2);
-		sigprocmask(SIG_SETMASK, &oldmask, NULL);
-		setsid();
-		run_child(cargv, cenv, nenv, workdir, user ? user : (char *)"", root);
-	}
-	close(out[1]), close(errp[1]), close(ep[1]), close(devnull);
-
-	/* Did exec succeed? The CLOEXEC pipe closes empty on success. */
-	char ebuf2[4096];
-	ssize_t en = read(ep[0], ebuf2, sizeof ebuf2 - 1);
-	int failed_code = 0;
-	if (en > 0) {
-		ebuf2[en] = 0;
-		char *msg = strchr(ebuf2, ' ');
-		failed_code = atoi(ebuf2);
-		say("%s", msg ? msg + 1 : ebuf2);
-		status_line("error %d %s", failed_code, msg ? msg + 1 : ebuf2);
+	if (tty_mode) {
+		master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (master < 0 || grantpt(master) || unlockpt(master) ||
+		    ptsname_r(master, slave, sizeof slave))
+			fail(125, "cannot allocate a terminal for the main process");
+		ioctl(master, TIOCSWINSZ, &winsz);
+		fcntl(master, F_SETFL, O_NONBLOCK);
+		ps.tty = slave;
+		if (stdin_open)
+			stdin_w = master;
 	} else {
-		status_line("started %llu", (unsigned long long)now_ns());
+		if (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC) ||
+		    (stdin_open && pipe2(in, O_CLOEXEC)))
+			fail(125, "cannot set up the main process's pipes");
+		out_r = out[0], err_r = errp[0];
+		if (stdin_open) {
+			stdin_w = in[1];
+			fcntl(stdin_w, F_SETFL, O_NONBLOCK);
+		}
 	}
-	close(ep[0]);
+	attach_listen();
 
-	int out_open = 1, err_open = 1, main_done = 0, code = 0;
-	while (out_open || err_open || !main_done) {
-		struct pollfd p[3] = {{sfd, POLLIN, 0}, {out[0], POLLIN, 0}, {errp[0], POLLIN, 0}};
-		if (!out_open)
-			p[1].fd = -1;
-		if (!err_open)
-			p[2].fd = -1;
-		if (poll(p, 3, -1) < 0 && errno != EINTR)
+	pid_t main_pid = -1;
+	int main_done = 0, code = 0, failed_code = 0, started_pending = 0;
+	uint64_t started_ns = 0, wait_until = t0 + 120000, drain_until = 0;
+	int waiting = wait_attach && listen_fd >= 0;
+	int out_open = 1, err_open = !tty_mode;
+
+	for (;;) {
+		uint64_t now = mono_ms();
+		/* Start the main process: now, or once the first attach client had its chance to
+		 * send a resize (its first frame, or 200 ms), or after 120 s without one. */
+		if (waiting && (now >= wait_until ||
+				(nclients > 0 && (clients[0].frames > 0 ||
+						  now >= clients[0].since_ms + 200))))
+			waiting = 0;
+		if (main_pid < 0 && !waiting && !main_done) {
+			main_pid = fork();
+			if (main_pid < 0)
+				fail(125, "fork failed");
+			if (main_pid == 0) {
+				ps.err_fd = ep[1];
+				sigprocmask(SIG_SETMASK, &oldmask, NULL);
+				signal(SIGPIPE, SIG_DFL);
+				setsid();
+				if (!tty_mode) {
+					dup2(stdin_open ? in[0] : devnull, 0);
+					dup2(out[1], 1), dup2(errp[1], 2);
+				}
+				run_child(&ps);
+			}
+			close(ep[1]);
+			if (!tty_mode) {
+				close(out[1]), close(errp[1]);
+				if (stdin_open)
+					close(in[0]);
+			}
+			/* Did exec succeed? The CLOEXEC pipe closes empty on success. */
+			char ebuf2[4096];
+			ssize_t en = read(ep[0], ebuf2, sizeof ebuf2 - 1);
+			close(ep[0]);
+			if (en > 0) {
+				ebuf2[en] = 0;
+				char *msg = strchr(ebuf2, ' ');
+				failed_code = atoi(ebuf2);
+				say("%s", msg ? msg + 1 : ebuf2);
+				status_line("error %d %s", failed_code, msg ? msg + 1 : ebuf2);
+			} else {
+				started_pending = 1;
+				started_ns = now_ns();
+				FILE *f = fopen(MAIN_PID_FILE, "we");
+				if (f)
+					fprintf(f, "%d\n", main_pid), fclose(f);
+			}
+		}
+		if (started_pending &&
+		    (!want_sshd || main_done || sshd_listening() || now >= t0 + 2000)) {
+			status_line("started %llu", (unsigned long long)started_ns);
+			started_pending = 0;
+		}
+		if (main_done && (!(out_open || err_open) || now >= drain_until))
 			break;
+
+		struct pollfd p[5 + MAX_CLIENTS];
+		int np = 5;
+		p[0] = (struct pollfd){sfd, POLLIN, 0};
+		p[1] = (struct pollfd){listen_fd, POLLIN, 0};
+		p[2] = (struct pollfd){out_open && main_pid > 0 ? (tty_mode ? master : out_r) : -1,
+				       POLLIN, 0};
+		p[3] = (struct pollfd){err_open && main_pid > 0 ? err_r : -1, POLLIN, 0};
+		p[4] = (struct pollfd){stdin_len && main_pid > 0 ? stdin_w : -1, POLLOUT, 0};
+		for (int i = 0; i < nclients; i++) {
+			short ev = 0;
+			if (!clients[i].rd_closed && stdin_len < STDIN_BUF_MAX)
+				ev |= POLLIN;
+			if (clients[i].outoff < clients[i].outlen)
+				ev |= POLLOUT;
+			p[np++] = (struct pollfd){clients[i].fd, ev, 0};
+		}
+		int timeout = -1;
+		if (started_pending)
+			timeout = 5;
+		else if (waiting)
+			timeout = nclients ? 10 : (int)(wait_until - now);
+		else if (main_done)
+			timeout = (int)(drain_until - now);
+		if (poll(p, (nfds_t)np, timeout) < 0 && errno != EINTR)
+			break;
+
 		/* Output first, so what the process wrote before it died is never lost. */
+		if (p[2].revents && !pump(p[2].fd, FR_STDOUT))
+			out_open = 0;
+		if (p[3].revents && !pump(p[3].fd, FR_STDERR))
+			err_open = 0;
+		if (p[4].revents)
+			stdin_flush();
+		/* Clients: newest index first, so drop_client's swap never skips one. */
+		for (int i = np - 5 - 1; i >= 0; i--) {
+			short re = p[5 + i].revents;
+			if (!re || i >= nclients || clients[i].fd != p[5 + i].fd)
+				continue;
+			if ((re & POLLOUT) && flush_client(&clients[i])) {
+				drop_client(i);
+				continue;
+			}
+			if ((re & POLLIN) && client_read(i)) {
+				drop_client(i);
+				continue;
+			}
+			if ((re & (POLLHUP | POLLERR)) && !(re & POLLIN))
+				drop_client(i);
+		}
 		if (p[1].revents)
-			pump(out[0], 1, &out_open);
-		if (p[2].revents)
-			pump(errp[0], 2, &err_open);
+			attach_accept();
+
 		if (!(p[0].revents & POLLIN))
 			continue;
 		struct signalfd_siginfo si;
@@ -466,8 +633,10 @@ int main(int argc, char **argv)
 			int sig = (int)si.ssi_signo;
 			if (sig == SIGINT && si.ssi_code == SI_KERNEL)
 				sig = SIGTERM; /* ctrl-alt-del from the host: stop */
-			if (!main_done)
+			if (main_pid > 0 && !main_done)
 				kill(main_pid, sig);
+			else if (main_pid < 0 && sig == SIGTERM)
+				power_off(128 + SIGTERM, 0); /* stopped before it started */
 			continue;
 		}
 		int st;
@@ -476,26 +645,60 @@ int main(int argc, char **argv)
 			if (pid != main_pid)
 				continue;
 			main_done = 1;
+			unlink(MAIN_PID_FILE);
 			code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-			/* Drain what is already readable, then end every leftover process so
-			 * that the pipes reach EOF (daemons may hold them open). */
-			while (out_open || err_open) {
-				struct pollfd q[2] = {{out_open ? out[0] : -1, POLLIN, 0},
-						      {err_open ? errp[0] : -1, POLLIN, 0}};
+			/* Drain what is already readable, then end the container's leftover
+			 * processes so that the output reaches EOF (daemons may hold it open). */
+			for (;;) {
+				struct pollfd q[2] = {
+					{out_open ? (tty_mode ? master : out_r) : -1, POLLIN, 0},
+					{err_open ? err_r : -1, POLLIN, 0}};
 				if (poll(q, 2, 0) <= 0)
 					break;
-				if (q[0].revents)
-					pump(out[0], 1, &out_open);
-				if (q[1].revents)
-					pump(errp[0], 2, &err_open);
+				if (q[0].revents && !pump(q[0].fd, FR_STDOUT))
+					out_open = 0;
+				if (q[1].revents && !pump(q[1].fd, FR_STDERR))
+					err_open = 0;
 			}
-			kill(-1, SIGKILL);
+			kill_container_processes();
+			drain_until = mono_ms() + 2000;
 		}
 	}
-	while (waitpid(-1, NULL, WNOHANG) > 0)
-		;
 	if (failed_code)
 		code = failed_code;
-	unmount_root(root);
-	power_off(code);
+
+	/* The exit frame to every attach client, then wait (briefly) until each relay has
+	 * passed everything on and gone, so that sshd can deliver it before we power off. */
+	if (listen_fd >= 0)
+		close(listen_fd), unlink(ATTACH_SOCK);
+	char cs[16];
+	snprintf(cs, sizeof cs, "%d", code);
+	emit(FR_EXIT, cs, strlen(cs));
+	int had_clients = nclients;
+	for (uint64_t until = mono_ms() + 2000; nclients && mono_ms() < until;) {
+		struct pollfd p[MAX_CLIENTS];
+		for (int i = 0; i < nclients; i++) {
+			struct client *c = &clients[i];
+			if (c->outoff == c->outlen && !c->frames_shut) {
+				shutdown(c->fd, SHUT_WR); /* all sent: the relay sees EOF */
+				c->frames_shut = 1;
+			}
+			p[i] = (struct pollfd){c->fd, c->frames_shut ? POLLIN : POLLOUT, 0};
+		}
+		if (poll(p, (nfds_t)nclients, 50) <= 0)
+			continue;
+		for (int i = nclients - 1; i >= 0; i--) {
+			char junk[4096];
+			if (!p[i].revents)
+				continue;
+			if ((p[i].revents & POLLOUT) && flush_client(&clients[i]) == 0)
+				continue;
+			if ((p[i].revents & POLLIN) && read(clients[i].fd, junk, sizeof junk) > 0)
+				continue;
+			drop_client(i);
+		}
+	}
+	if (had_clients)
+		usleep(100000); /* sshd's turn to put the last bytes on the wire */
+	power_off(code, 0);
 }

@@ -2,7 +2,9 @@
 
 An ISO 9660 image with Rock Ridge names (the guest agent mounts it and reads the real names),
 one value per file: `argv` and `env` hold NUL-terminated items, the rest plain text without a
-trailing newline. Values may hold any byte except NUL.
+trailing newline (the two SSH key files end in a newline, as OpenSSH writes them). Values may
+hold any byte except NUL. Flags (`tty`, `stdin_open`, `wait_attach`, `maintenance`) are "1" or
+"0"; a file the agent does not find means its default (older seeds).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class GuestSpec:
     hostname: str = ""
     tty: bool = False
     stdin_open: bool = False
+    wait_attach: bool = False  # start the main process once the first attach client is in
+    maintenance: bool = False  # boot with sshd only, no main process (cp into a stopped one)
+    authorized_keys: str = ""  # OpenSSH public key line(s) of the container's client key
+    ssh_host_key: str = ""  # OpenSSH-format private host key, made (and pinned) by the host
 
 
 def _nul_list(items: list[str], what: str) -> bytes:
@@ -51,7 +57,7 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
     """The seed's files by name (what the guest agent reads)."""
     if not spec.argv:
         raise ValueError("argv must not be empty")
-    return {
+    files = {
         "argv": _nul_list(spec.argv, "argv"),
         "env": _nul_list(spec.env, "env"),
         "workdir": _text(spec.workdir or "/", "workdir"),
@@ -60,7 +66,20 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
         "id": _text(spec.container_id, "container id"),
         "tty": b"1" if spec.tty else b"0",
         "stdin_open": b"1" if spec.stdin_open else b"0",
+        "wait_attach": b"1" if spec.wait_attach else b"0",
+        "maintenance": b"1" if spec.maintenance else b"0",
     }
+    # sshd runs only when both keys are there; an absent file means "no sshd".
+    if spec.authorized_keys or spec.ssh_host_key:
+        if not (spec.authorized_keys and spec.ssh_host_key):
+            raise ValueError("authorized_keys and ssh_host_key go together")
+        files["authorized_keys"] = _text(_line_end(spec.authorized_keys), "authorized_keys")
+        files["ssh_host_ed25519_key"] = _text(_line_end(spec.ssh_host_key), "ssh_host_key")
+    return files
+
+
+def _line_end(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
 
 
 def write_seed(path: Path, spec: GuestSpec) -> None:

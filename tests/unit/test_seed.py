@@ -50,6 +50,8 @@ def test_round_trip_any_bytes(tmp_path: Path) -> None:
         "id": spec.container_id.encode(),
         "tty": b"1",
         "stdin_open": b"0",
+        "wait_attach": b"0",
+        "maintenance": b"0",
     }
     # NUL-terminated items split back into the original lists.
     assert [a.decode() for a in files["argv"].split(b"\0")[:-1]] == spec.argv
@@ -91,5 +93,30 @@ def test_rejects_empty_argv_and_nul(tmp_path: Path, spec: GuestSpec) -> None:
 
 def test_seed_files_names() -> None:
     assert sorted(seed_files(GuestSpec("a", ["true"], []))) == sorted(
-        ["argv", "env", "workdir", "user", "hostname", "id", "tty", "stdin_open"]
-    )
+        ["argv", "env", "workdir", "user", "hostname", "id", "tty", "stdin_open", "wait_attach",
+         "maintenance"]
+    )  # fmt: skip
+
+
+HOST_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_ssh_keys_and_flags(tmp_path: Path) -> None:
+    spec = GuestSpec(
+        "k", ["sleep", "1"], [], authorized_keys="ssh-ed25519 AAAAC3 hv", ssh_host_key=HOST_KEY,
+        wait_attach=True, maintenance=True, stdin_open=True,
+    )  # fmt: skip
+    iso = tmp_path / "seed.iso"
+    write_seed(iso, spec)
+    files = read_iso(iso)
+    assert files["authorized_keys"] == b"ssh-ed25519 AAAAC3 hv\n"
+    assert files["ssh_host_ed25519_key"] == HOST_KEY.encode()
+    assert (files["wait_attach"], files["maintenance"], files["stdin_open"]) == (b"1", b"1", b"1")
+
+
+def test_ssh_keys_go_together() -> None:
+    with pytest.raises(ValueError):
+        seed_files(GuestSpec("k", ["true"], [], authorized_keys="ssh-ed25519 AAAA"))
+    with pytest.raises(ValueError):
+        seed_files(GuestSpec("k", ["true"], [], ssh_host_key=HOST_KEY))
+    assert "authorized_keys" not in seed_files(GuestSpec("k", ["true"], []))
