@@ -3,7 +3,7 @@
  *
  * $SSH_ORIGINAL_COMMAND is `VERB ARG...`, words separated by single spaces, every ARG
  * standard base64 (so any bytes survive); an empty ARG is `-`. Lists are base64 of
- * NUL-terminated items. See guest-images/README.md ("Into the guest") for the verbs:
+ * NUL-terminated items. guest-images/agent/PROTOCOL.md documents the verbs:
  *
  *   exec ARGV ENV WORKDIR USER   run a process in the container (stdio = the channel)
  *   signal SIGNUM                signal the main process

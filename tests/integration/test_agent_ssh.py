@@ -77,14 +77,15 @@ def free_port() -> int:
 class Guest:
     """One raw-qemu VM with an SSH forward; `close()` kills qemu by PID."""
 
-    def __init__(self, assets, tmp: Path, spec: GuestSpec, keys: Keys):
+    def __init__(self, assets, tmp: Path, spec: GuestSpec, keys: Keys | None):
         kernel, initrd, cmdline, disk0 = assets
         self.tmp, self.keys = tmp, keys
         tmp.mkdir(parents=True, exist_ok=True)
         self.disk = tmp / "root.ext4"
         shutil.copyfile(disk0, self.disk)
-        spec.authorized_keys = keys.client_public_line
-        spec.ssh_host_key = keys.host_private
+        if keys:  # None: no sshd (for timing comparisons)
+            spec.authorized_keys = keys.client_public_line
+            spec.ssh_host_key = keys.host_private
         self.seed, self.log, self.status, self.console = (
             tmp / n for n in ("seed.iso", "log", "status", "console.log")
         )
@@ -95,6 +96,8 @@ class Guest:
         )
         i = argv.index("user,id=net0")
         argv[i] = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
+        # Entropy for the guest's CRNG: without it sshd waits ~1 s in getrandom() at boot.
+        argv += ["-device", "virtio-rng-pci"]
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -547,6 +550,13 @@ def test_tty_main_with_wait_attach(assets, keys, tmp_path) -> None:
         a.send(attach.resize_frame(33, 99))
         a.send(attach.stdin_frame(b"stty size\n"))
         a.read_until(lambda fs: b"33 99" in a.output())
+        # a detached client (channel closed) leaves no relay behind
+        b = AttachSession(g)
+        time.sleep(0.3)
+        b.ch.close()
+        time.sleep(0.5)
+        _, ps, _ = g.exec(["ps", "-o", "args"])
+        assert ps.count(b"--session") == 2, ps  # this exec's and `a`'s
         # exec into the tty container sees the same /dev/pts
         code, out2, _ = g.exec(["sh", "-c", "ls /dev/pts"])
         assert code == 0 and b"ptmx" in out2
