@@ -20,10 +20,11 @@ def _ago(seconds: float) -> str:
 
 def status_text(c: Container, now: float) -> str:
     st = c.state()
-    if st.status == "running":
+    if st.status in ("running", "paused"):
         from cli.formatting import human_duration
 
-        return "Up " + human_duration(max(0.0, now - (st.started_at or now)))
+        up = "Up " + human_duration(max(0.0, now - (st.started_at or now)))
+        return up + (" (Paused)" if st.status == "paused" else "")
     if st.status == "exited":
         return f"Exited ({st.exit_code}) " + _ago(now - (st.finished_at or now))
     return "Created"
@@ -54,7 +55,7 @@ def ps_rows(cs: list[Container], no_trunc: bool) -> list[dict[str, str]]:
             "RunningFor": _ago(now - c.record.created),
             "Status": status_text(c, now),
             "State": st.status,
-            "Ports": "",
+            "Ports": _ports(c),
             "Names": c.name,
             "Labels": "",
             "Mounts": "",
@@ -62,6 +63,37 @@ def ps_rows(cs: list[Container], no_trunc: bool) -> list[dict[str, str]]:
             "Size": "",
         })
     return rows
+
+
+def _ports(c: Container) -> str:
+    from hv.guestops import bound_ports
+    from hv.ports import format_ps
+
+    return format_ps(bound_ports(c))
+
+
+def stats_rows(stats: list[dict]) -> list[dict[str, str]]:
+    from cli.formatting import human_size
+
+    rows = []
+    for s in stats:
+        rd, wr = s["blk"]
+        rows.append({
+            "ID": s["id"][:12], "Container": s["id"][:12], "Name": s["name"],
+            "CPUPerc": f"{s['cpu']:.2f}%",
+            "MemUsage": f"{_iec(s['mem'])} / {_iec(s['limit'])}",
+            "MemPerc": f"{(100 * s['mem'] / s['limit']) if s['limit'] else 0:.2f}%",
+            "NetIO": "--", "BlockIO": f"{human_size(rd)} / {human_size(wr)}", "PIDs": "--",
+        })
+    return rows
+
+
+def _iec(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return f"{n:.4g}GiB"
 
 
 def _matches(c: Container, key: str, value: str) -> bool:

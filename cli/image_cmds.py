@@ -191,22 +191,11 @@ def rmi(
     force: Annotated[bool, typer.Option("-f", "--force", help="force removal")] = False,
 ) -> None:
     """Remove one or more images."""
-    from cli.errors import print_error
-    from hv.errors import HvError
+    from cli.errors import each
 
     engine = _engine()
-    failed = False
-    for name in images:
-        try:
-            for kind, what in engine.remove_image(name, force):
-                sys.stdout.write(f"{kind}: {what}\n")
-        except HvError as e:
-            sys.stdout.flush()
-            print_error(e)
-            failed = True
-    sys.stdout.flush()
-    if failed:
-        raise typer.Exit(1)
+    each(images, lambda name: [f"{kind}: {what}" for kind, what in
+                               engine.remove_image(name, force)])
 
 
 def tag(

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.errors import print_error
+from cli.errors import each, print_error
 
 app = typer.Typer(
     add_completion=False,
@@ -71,6 +71,11 @@ def run(
     hostname: Annotated[str | None, typer.Option("-h", "--hostname", help="container host name")] = None,
     memory: Annotated[str | None, typer.Option("-m", "--memory", help="VM memory (e.g. 512m, 1g)")] = None,
     cpus: Annotated[str | None, typer.Option("--cpus", help="number of CPUs")] = None,
+    interactive: Annotated[bool, typer.Option("-i", "--interactive", help="keep STDIN open")] = False,
+    tty: Annotated[bool, typer.Option("-t", "--tty", help="allocate a pseudo-TTY")] = False,
+    publish: Annotated[list[str] | None, typer.Option("-p", "--publish", help="[IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")] = None,
+    publish_all: Annotated[bool, typer.Option("-P", "--publish-all", help="publish all exposed ports")] = False,
+    restart: Annotated[str | None, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped")] = None,
 ) -> None:
     """Create and start a container (a VM) from an image."""
     from hv.spec import RunOptions
@@ -79,6 +84,8 @@ def run(
         image=image, args=list(command or []), name=name, detach=detach, auto_remove=rm,
         env=list(env or []), env_files=list(env_file or []), workdir=workdir, user=user,
         entrypoint=entrypoint, hostname=hostname, memory=memory, cpus=cpus,
+        publish=list(publish or []), publish_all=publish_all, tty=tty, interactive=interactive,
+        restart=restart,
     )
     engine = _engine()
     from cli.progress import pull_progress
@@ -86,10 +93,18 @@ def run(
     with pull_progress(engine) as progress:
         container = engine.create(opts, progress=progress)
     _notices(engine)
+    from hv.errors import HvError
+
     if detach:
-        engine.wait_started(container)
+        try:
+            engine.wait_started(container)
+        except HvError:
+            engine.finish_run(container)  # `--rm`: nothing stays behind
+            raise
         sys.stdout.write(container.id + "\n")
         return
+    if interactive:
+        raise typer.Exit(_attach_until_exit(engine, container, tty, stdin_open=True))
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
     def show(line) -> None:
@@ -102,10 +117,31 @@ def run(
     except KeyboardInterrupt:
         engine.stop_now(container)
         raise typer.Exit(130) from None
-    finally:
-        pass
+    except HvError:
+        engine.finish_run(container)
+        raise
     engine.finish_run(container)
     raise typer.Exit(code)
+
+
+def _attach_until_exit(engine, container, use_tty: bool, stdin_open: bool) -> int:
+    """`run -i[t]` / `start -a`: attach; the container's exit code (or 0 when detached)."""
+    from cli.streams import pump_attach
+
+    c, agent, ch = engine.attach(container.name)
+    try:
+        code = pump_attach(ch, stdin_open=stdin_open, use_tty=use_tty)
+    except KeyboardInterrupt:
+        engine.stop_now(container)
+        return 130
+    finally:
+        agent.close()
+    if code is None:  # detached, or the guest vanished
+        if engine.container_running(container):
+            return 0
+        code = engine.exit_code(container)
+    engine.finish_run(container)
+    return code
 
 
 # --- ps -------------------------------------------------------------------------------------
@@ -179,19 +215,8 @@ def logs(
 @app.command()
 def wait(containers: Annotated[list[str], typer.Argument()]) -> None:
     """Block until containers stop, then print their exit codes."""
-    from hv.errors import HvError
-
     engine = _engine()
-    failed = False
-    for ref in containers:
-        try:
-            sys.stdout.write(f"{engine.wait(ref)}\n")
-            sys.stdout.flush()
-        except HvError as e:
-            print_error(e)
-            failed = True
-    if failed:
-        raise typer.Exit(1)
+    each(containers, lambda ref: str(engine.wait(ref)))
 
 
 @app.command()
@@ -201,19 +226,8 @@ def rm(
     volumes: Annotated[bool, typer.Option("-v", "--volumes", help="remove anonymous volumes")] = False,
 ) -> None:
     """Remove containers."""
-    from hv.errors import HvError
-
     engine = _engine()
-    failed = False
-    for ref in containers:
-        try:
-            sys.stdout.write(engine.remove(ref, force=force) + "\n")
-            sys.stdout.flush()
-        except HvError as e:
-            print_error(e)
-            failed = True
-    if failed:
-        raise typer.Exit(1)
+    each(containers, lambda ref: engine.remove(ref, force=force))
 
 
 @app.command()
@@ -257,6 +271,197 @@ def inspect(
         sys.stdout.write(json.dumps(docs, indent=4) + "\n")
     if failed:
         raise typer.Exit(1)
+
+
+# --- into the guest ----------------------------------------------------------------------------
+
+
+@app.command(name="exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    container: Annotated[str, typer.Argument()],
+    command: Annotated[list[str], typer.Argument(help="command and arguments")],
+    interactive: Annotated[bool, typer.Option("-i", "--interactive", help="keep STDIN open")] = False,
+    tty: Annotated[bool, typer.Option("-t", "--tty", help="allocate a pseudo-TTY")] = False,
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="run in the background")] = False,
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="set environment variables")] = None,
+    env_file: Annotated[list[str] | None, typer.Option("--env-file", help="read in a file of environment variables")] = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="working directory")] = None,
+    user: Annotated[str | None, typer.Option("-u", "--user", help="user[:group] or uid[:gid]")] = None,
+) -> None:
+    """Run a command in a running container."""
+    from cli.streams import pump_exec, window
+
+    engine = _engine()
+    pty = ("xterm", *window()) if tty else None
+    agent, ch = engine.exec(container, list(command), list(env or []), list(env_file or []),
+                            workdir, user, pty)
+    try:
+        if detach:
+            ch.shutdown_write()
+            return
+        code = pump_exec(ch, interactive=interactive, use_tty=tty)
+    finally:
+        agent.close()
+    raise typer.Exit(code)
+
+
+@app.command()
+def cp(
+    src: Annotated[str, typer.Argument(help="CONTAINER:SRC_PATH, SRC_PATH or -")],
+    dest: Annotated[str, typer.Argument(help="CONTAINER:DEST_PATH, DEST_PATH or -")],
+    archive: Annotated[bool, typer.Option("-a", "--archive", help="keep uid/gid")] = False,
+    follow_link: Annotated[bool, typer.Option("-L", "--follow-link", help="follow symlinks in SRC_PATH")] = False,
+) -> None:
+    """Copy files between a container and the local filesystem (also stopped containers)."""
+    _engine().copy(src, dest, follow=follow_link, archive=archive,
+                   stdin=sys.stdin.buffer, stdout=sys.stdout.buffer)
+
+
+@app.command()
+def attach(
+    container: Annotated[str, typer.Argument()],
+    no_stdin: Annotated[bool, typer.Option("--no-stdin", help="do not attach STDIN")] = False,
+) -> None:
+    """Attach to a running container's main process (detach with ctrl-p ctrl-q)."""
+    engine = _engine()
+    c = engine.container(container)
+    raise typer.Exit(_attach_until_exit(engine, c, c.record.tty,
+                                        stdin_open=c.record.stdin_open and not no_stdin))
+
+
+def _each(containers: list[str], action) -> None:
+    """Act on every container, printing its name as Docker does."""
+    def one(ref: str) -> str:
+        action(ref)
+        return ref
+
+    each(containers, one)
+
+
+@app.command()
+def stop(
+    containers: Annotated[list[str], typer.Argument()],
+    time: Annotated[int, typer.Option("-t", "--time", help="seconds to wait before killing")] = 10,
+) -> None:
+    """Stop running containers (SIGTERM, then SIGKILL after the grace period)."""
+    engine = _engine()
+    _each(containers, lambda ref: engine.stop(ref, time))
+
+
+@app.command()
+def start(
+    containers: Annotated[list[str], typer.Argument()],
+    attach: Annotated[bool, typer.Option("-a", "--attach", help="attach STDOUT/STDERR")] = False,
+    interactive: Annotated[bool, typer.Option("-i", "--interactive", help="attach STDIN")] = False,
+) -> None:
+    """Start stopped containers."""
+    engine = _engine()
+    if attach or interactive:
+        c = engine.start(containers[0])
+        _notices(engine)
+        engine.wait_started(c)
+        raise typer.Exit(_attach_until_exit(engine, c, c.record.tty, stdin_open=interactive))
+
+    def one(ref: str) -> None:
+        engine.wait_started(engine.start(ref))
+
+    _each(containers, one)
+    _notices(engine)
+
+
+@app.command()
+def restart(
+    containers: Annotated[list[str], typer.Argument()],
+    time: Annotated[int, typer.Option("-t", "--time", help="seconds to wait before killing")] = 10,
+) -> None:
+    """Restart containers (the disk and its changes survive)."""
+    engine = _engine()
+    _each(containers, lambda ref: engine.wait_started(engine.restart(ref, time)))
+
+
+@app.command()
+def kill(
+    containers: Annotated[list[str], typer.Argument()],
+    signal: Annotated[str, typer.Option("-s", "--signal", help="signal to send")] = "KILL",
+) -> None:
+    """Send a signal to the main process of running containers."""
+    engine = _engine()
+    _each(containers, lambda ref: engine.kill(ref, signal))
+
+
+@app.command()
+def pause(containers: Annotated[list[str], typer.Argument()]) -> None:
+    """Pause all processes (the VM's vCPUs) of containers."""
+    engine = _engine()
+    _each(containers, lambda ref: engine.pause(ref, True))
+
+
+@app.command()
+def unpause(containers: Annotated[list[str], typer.Argument()]) -> None:
+    """Unpause paused containers."""
+    engine = _engine()
+    _each(containers, lambda ref: engine.pause(ref, False))
+
+
+@app.command()
+def port(
+    container: Annotated[str, typer.Argument()],
+    private: Annotated[str | None, typer.Argument(help="PRIVATE_PORT[/PROTO]")] = None,
+) -> None:
+    """List port mappings of a container."""
+    from hv.errors import NotFound
+
+    engine = _engine()
+    c, bound = engine.ports(container)
+    if private:
+        num, _, proto = private.partition("/")
+        bound = [b for b in bound if str(b["container_port"]) == num
+                 and b["proto"] == (proto or "tcp")]
+        if not bound:
+            raise NotFound(f"No public port '{private}' published for {c.name}",
+                           hint=f"see 'hv port {c.name}'")
+        for b in bound:
+            sys.stdout.write(f"{b['host_ip']}:{b['host_port']}\n")
+        return
+    for b in bound:
+        sys.stdout.write(f"{b['container_port']}/{b['proto']} -> {b['host_ip']}:{b['host_port']}\n")
+
+
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def top(
+    container: Annotated[str, typer.Argument()],
+    ps_args: Annotated[list[str] | None, typer.Argument(help="ps options")] = None,
+) -> None:
+    """Display the running processes of a container (all processes of its VM)."""
+    sys.stdout.write(_engine().top(container, list(ps_args or [])))
+
+
+@app.command()
+def stats(
+    containers: Annotated[list[str] | None, typer.Argument()] = None,
+    all: Annotated[bool, typer.Option("-a", "--all", help="show all containers")] = False,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="one sample, then exit")] = False,
+    format: Annotated[str | None, typer.Option("--format", help="table, json or a Go template")] = None,
+) -> None:
+    """CPU and memory use of containers (QEMU process, from libvirt)."""
+    import time as _time
+
+    from cli.containers_view import stats_rows
+    from cli.formatting import render
+
+    engine = _engine()
+    cols = [("CONTAINER ID", "ID"), ("NAME", "Name"), ("CPU %", "CPUPerc"),
+            ("MEM USAGE / LIMIT", "MemUsage"), ("MEM %", "MemPerc"), ("NET I/O", "NetIO"),
+            ("BLOCK I/O", "BlockIO"), ("PIDS", "PIDs")]
+    while True:
+        rows = stats_rows(engine.stats(list(containers or []), all=all))
+        if not no_stream and sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        render(sys.stdout, rows, cols, format)
+        sys.stdout.flush()
+        if no_stream:
+            return
+        _time.sleep(0.5)
 
 
 @app.command()
@@ -315,6 +520,12 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 0
+    except Exception as e:  # noqa: BLE001 - a bug: still one line and a hint
+        if STATE["debug"]:
+            raise
+        sys.stderr.write(f"Error: internal error: {type(e).__name__}: {e}\n")
+        sys.stderr.write("hint: run again with --debug for the stack trace, and report it\n")
+        code = 125
     sys.exit(code)
 
 

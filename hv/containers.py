@@ -37,6 +37,10 @@ class Record:
     auto_remove: bool = False
     accel: str = "tcg"
     base_disk: str = ""
+    ports: list[dict] = field(default_factory=list)  # requested PortSpecs
+    tty: bool = False
+    stdin_open: bool = False
+    restart: str = "no"
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -66,6 +70,7 @@ class State:
 class Container:
     record: Record
     active: bool
+    paused: bool = False
 
     @property
     def id(self) -> str:
@@ -85,7 +90,7 @@ class Container:
         cid = self.id
         started_at = _read_float(paths.container_started(cid))
         if self.active:
-            return State("running", True, 0, started_at, None)
+            return State("paused" if self.paused else "running", True, 0, started_at, None)
         status = read_status(paths.container_status(cid))
         if started_at is None:
             return State("created", False, 0, None, None)
@@ -109,7 +114,7 @@ class Container:
             "State": {
                 "Status": st.status,
                 "Running": st.running,
-                "Paused": False,
+                "Paused": self.paused,
                 "Restarting": False,
                 "OOMKilled": False,
                 "Dead": False,
@@ -122,7 +127,7 @@ class Container:
             "Image": r.image_id,
             "LogPath": str(paths.container_log(r.id)),
             "Name": "/" + r.name,
-            "RestartCount": 0,
+            "RestartCount": _restarts(r.id),
             "Driver": "qcow2",
             "Platform": "linux",
             "HostConfig": {
@@ -130,6 +135,9 @@ class Container:
                 "NanoCpus": r.nano_cpus,
                 "AutoRemove": r.auto_remove,
                 "NetworkMode": "user",
+                "PortBindings": _port_bindings(r.ports),
+                "RestartPolicy": {"Name": r.restart.partition(":")[0],
+                                  "MaximumRetryCount": int(r.restart.partition(":")[2] or 0)},
             },
             "Config": {
                 "Hostname": r.hostname,
@@ -139,8 +147,8 @@ class Container:
                 "Image": r.image,
                 "WorkingDir": r.workdir,
                 "Entrypoint": r.entrypoint or None,
-                "Tty": False,
-                "OpenStdin": False,
+                "Tty": r.tty,
+                "OpenStdin": r.stdin_open,
                 "Labels": {},
             },
             "VM": {
@@ -154,6 +162,20 @@ class Container:
                 "Console": str(paths.container_console(r.id)),
             },
         }
+
+
+def _restarts(cid: str) -> int:
+    from hv.restart import restart_count
+
+    return restart_count(cid)
+
+
+def _port_bindings(ports: list[dict]) -> dict:
+    out: dict = {}
+    for p in ports:
+        out.setdefault(f"{p['container_port']}/{p['proto']}", []).append(
+            {"HostIp": p["host_ip"], "HostPort": str(p["host_port"] or "")})
+    return out
 
 
 def _read_float(path) -> float | None:

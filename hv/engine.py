@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -69,8 +70,10 @@ class Engine:
     # --- listing and lookup --------------------------------------------------------------
 
     def containers(self, all: bool = False) -> list[Container]:
-        from hv.runtime.domains import list_domains
+        from hv.runtime.connection import is_embedded
+        from hv.runtime.domains import list_domains, running
 
+        embedded = is_embedded()
         found = []
         for info in list_domains():
             try:
@@ -79,7 +82,8 @@ class Engine:
                 record = _R.from_dict(info.record)
             except TypeError:
                 continue
-            found.append(Container(record, info.active))
+            active = info.active and (not embedded or running(info.name))
+            found.append(Container(record, active, info.paused))
         self._collect_garbage({c.id for c in found})
         found.sort(key=lambda c: c.record.created, reverse=True)
         return found if all else [c for c in found if c.active]
@@ -122,9 +126,15 @@ class Engine:
         vcpus, cpus = parse_cpus(opts.cpus) if opts.cpus else (1, 0.0)
         name = check_name(opts.name) if opts.name else None
         hostname = check_hostname(opts.hostname) if opts.hostname else None
+        from hv import restart
+
+        policy = restart.parse(opts.restart)
+        if opts.auto_remove and policy.name != "no":
+            raise UsageError("Conflicting options: --restart and --rm",
+                             hint="a container removed at exit cannot be restarted")
         image = self._image_for_run(opts.image, progress)
         proc = process_spec(image.run_config, opts)
-        kernel, initrd, cmdline = _guest_assets()
+        assets = _guest_assets()
 
         from hv import names
         from hv.runtime.accel import detect
@@ -146,6 +156,11 @@ class Engine:
         if accel.name == "tcg":
             self._notice_once("accel", f"KVM is not usable here ({accel.reason}); "
                               "guests run under TCG software emulation, which is slower.")
+        from hv import ports
+
+        published = [ports.parse(p) for p in opts.publish]
+        if opts.publish_all:
+            published += ports.exposed(image.run_config)
         cid = secrets.token_hex(32)
         hostname = hostname or cid[:12]
         record = Record(
@@ -153,6 +168,8 @@ class Engine:
             entrypoint=proc.entrypoint, cmd=proc.cmd, env=proc.env, workdir=proc.workdir,
             user=proc.user, hostname=hostname, memory_mib=memory, vcpus=vcpus,
             nano_cpus=int(cpus * 1e9), auto_remove=opts.auto_remove, accel=accel.name,
+            ports=[p.to_dict() for p in published], tty=opts.tty,
+            stdin_open=opts.interactive, restart=policy.to_text(),
         )
         cdir = paths.container_dir(cid)
         cdir.mkdir(parents=True)
@@ -161,16 +178,41 @@ class Engine:
                 base = self.images.base_disk(image)
                 record.base_disk = str(base)
                 _make_overlay(base, paths.container_disk(cid))
-                self._write_seed(record)
-                xml = _domain_xml(record, accel, kernel, initrd, cmdline)
-                paths.container_started(cid).write_text(f"{time.time():.9f}")
-                from hv.runtime.domains import start
-
-                start(xml, name, persistent=not opts.auto_remove)
+                self._write_seed(record, wait_attach=opts.interactive and not opts.detach)
+                xml = _domain_xml(record, accel, assets)
+                self._boot(record, xml=xml)
         except BaseException:
             shutil.rmtree(cdir, ignore_errors=True)
             raise
+        if policy.name != "no":
+            restart.spawn_watcher(cid)
         return Container(record, True)
+
+    def _boot(self, record: Record, xml: str | None = None) -> None:
+        """Start the domain (defining it from `xml` the first time), then its forwards."""
+        from hv.runtime import domains, forwards
+
+        cid = record.id
+        paths.container_status(cid).write_bytes(b"")  # libvirt appends; one boot's lines
+        for f in (paths.container_ssh_port(cid), paths.container_ports(cid)):
+            f.unlink(missing_ok=True)
+        paths.container_started(cid).write_text(f"{time.time():.9f}")
+        if xml is not None:
+            domains.start(xml, record.name, persistent=not record.auto_remove)
+        else:
+            domains.start_defined(record.name)
+        try:
+            wanted = [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
+                forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
+                for p in record.ports]
+            bound = forwards.add(record.name, wanted)
+        except BaseException:
+            domains.destroy(record.name, undefine=xml is not None)
+            raise
+        paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
+        paths.container_ports(cid).write_text(json.dumps([
+            dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
+        ]))
 
     def _image_for_run(self, ref: str, progress: Callable | None):
         try:
@@ -185,16 +227,31 @@ class Engine:
         self.notices.append(f"Unable to find image '{parsed.familiar()}' locally")
         return self.images.pull(ref, progress)
 
-    def _write_seed(self, record: Record) -> None:
+    def _write_seed(self, record: Record, wait_attach: bool = False,
+                    maintenance: bool = False) -> None:
+        from hv.guest import keys
         from hv.guest.seed import GuestSpec, write_seed
+
+        cid = record.id
+        client_key = paths.container_client_key(cid)
+        if not client_key.exists():
+            client, host = keys.generate(f"hv-{cid[:12]}"), keys.generate(f"hv-{cid[:12]}")
+            keys.write_private(client_key, client.private_openssh)
+            paths.container_client_public(cid).write_text(client.public_line + "\n")
+            paths.container_host_private(cid).parent.mkdir(exist_ok=True)
+            keys.write_private(paths.container_host_private(cid), host.private_openssh)
+            paths.container_host_key(cid).write_text(host.public_line + "\n")
 
         env = list(record.env)
         if not any(e.startswith("HOSTNAME=") for e in env):
             env.insert(1 if env and env[0].startswith("PATH=") else 0,
                        f"HOSTNAME={record.hostname}")
-        write_seed(paths.container_seed(record.id), GuestSpec(
-            container_id=record.id, argv=record.argv, env=env, workdir=record.workdir,
-            user=record.user, hostname=record.hostname,
+        write_seed(paths.container_seed(cid), GuestSpec(
+            container_id=cid, argv=record.argv, env=env, workdir=record.workdir,
+            user=record.user, hostname=record.hostname, tty=record.tty,
+            stdin_open=record.stdin_open, wait_attach=wait_attach, maintenance=maintenance,
+            authorized_keys=paths.container_client_public(cid).read_text(),
+            ssh_host_key=paths.container_host_private(cid).read_text(),
         ))
 
     def _notice_once(self, key: str, text: str) -> None:
@@ -298,6 +355,163 @@ class Engine:
                 time.sleep(0.05)
             return Container(c.record, False).state().exit_code
 
+    # --- inside and around a running container --------------------------------------------
+
+    def exec(self, ref: str, argv: list[str], env: list[str], env_files: list[str],
+             workdir: str | None, user: str | None, pty: tuple[str, int, int] | None):
+        """(agent, channel) running argv in the container; the caller pumps the streams."""
+        from hv import guestops
+        from hv.guest.attach import session_command
+        from hv.spec import parse_env_item, read_env_file
+
+        c = self.container(ref)
+        if not c.active:
+            raise guestops.not_running(c)
+        if not argv:
+            raise UsageError("exec needs a command", hint="hv exec CONTAINER COMMAND [ARG...]")
+        extra = []
+        for item in [i for f in env_files for i in read_env_file(f)] + list(env):
+            value = parse_env_item(item, dict(os.environ))
+            if value is not None:
+                extra.append(value)
+        if workdir is not None and not workdir.startswith("/"):
+            raise UsageError(f"the working directory '{workdir}' is invalid, it needs to be "
+                             "an absolute path", hint="use -w /absolute/path")
+        agent = guestops.connect_agent(c)
+        ch = agent.open(session_command("exec", argv, extra, workdir, user), pty=pty)
+        return agent, ch
+
+    def attach(self, ref: str):
+        """(container, agent, channel) speaking the attach frame protocol."""
+        from hv import guestops
+        from hv.guest.attach import session_command
+
+        c = self.container(ref)
+        if not c.active:
+            raise Conflict("You cannot attach to a stopped container, start it first",
+                           hint=f"hv start -a {c.name}")
+        agent = guestops.connect_agent(c)
+        return c, agent, agent.open(session_command("attach"))
+
+    def stop(self, ref: str, timeout: int = 10) -> Container:
+        from hv import guestops, restart
+
+        c = self.container(ref)
+        restart.mark_user_stop(c.id)
+        guestops.stop(c, timeout)
+        return c
+
+    def start(self, ref: str, watch: bool = True) -> Container:
+        from hv import restart
+        from hv.runtime.domains import wait_reaped
+
+        c = self.container(ref)
+        if c.active:
+            return c
+        wait_reaped(c.name)  # libvirt must see the last QEMU gone before it starts another
+        restart.clear_user_stop(c.id)
+        self._write_seed(c.record)
+        self._boot(c.record)
+        if watch and c.record.restart != "no":
+            restart.spawn_watcher(c.id)
+        return Container(c.record, True)
+
+    def restart(self, ref: str, timeout: int = 10) -> Container:
+        self.stop(ref, timeout)
+        return self.start(ref)
+
+    def kill(self, ref: str, signal: str = "KILL") -> Container:
+        from hv import guestops, restart
+
+        signum = guestops.parse_signal(signal)
+        c = self.container(ref)
+        if c.active:
+            restart.mark_user_stop(c.id)
+        guestops.kill(c, signum)
+        return c
+
+    def pause(self, ref: str, paused: bool = True) -> Container:
+        from hv import guestops
+
+        c = self.container(ref)
+        guestops.pause(c, paused)
+        return c
+
+    def ports(self, ref: str) -> tuple[Container, list[dict]]:
+        from hv import guestops
+
+        c = self.container(ref)
+        return c, guestops.bound_ports(c)
+
+    def top(self, ref: str, args: list[str]) -> str:
+        from hv import guestops
+
+        return guestops.top(self.container(ref), args)
+
+    def stats(self, refs: list[str], all: bool = False) -> list[dict]:
+        from hv import guestops
+
+        cs = [self.container(r) for r in refs] if refs else self.containers(all=all)
+        return guestops.stats(cs)
+
+    def copy(self, src: str, dest: str, follow: bool = False, archive: bool = False,
+             stdin=None, stdout=None) -> None:
+        """`hv cp`: one side is CONTAINER:PATH; `-` streams a tar on stdin/stdout."""
+        from hv import copy as cp
+
+        s_c, s_path = cp.parse_target(src)
+        d_c, d_path = cp.parse_target(dest)
+        if (s_c is None) == (d_c is None):
+            raise UsageError("copying between containers or between two local paths is not "
+                             "supported", hint="one side must be CONTAINER:PATH")
+        c = self.container(s_c or d_c)
+        with self._agent_for_copy(c) as agent:
+            if s_c is not None:
+                target = stdout if d_path == "-" else d_path
+                cp.copy_out(agent, c.name, s_path, target, follow, archive)
+            else:
+                source = stdin if s_path == "-" else s_path
+                cp.copy_in(agent, c.name, source, d_path, follow, archive)
+
+    @contextlib.contextmanager
+    def _agent_for_copy(self, c: Container):
+        """The running agent, or the stopped container booted in maintenance mode."""
+        from hv import guestops
+        from hv.runtime import domains, forwards
+
+        if c.active:
+            agent = guestops.connect_agent(c)
+            try:
+                yield agent
+            finally:
+                agent.close()
+            return
+        if not c.record.auto_remove:
+            self._write_seed(c.record, maintenance=True)
+        _become_subreaper()  # reap the maintenance QEMU at once when it is destroyed
+        status = paths.container_status(c.id)
+        saved = status.read_bytes() if status.exists() else b""  # libvirt truncates it
+        mtime = status.stat().st_mtime if status.exists() else None
+        try:
+            domains.start_defined(c.name)
+            try:
+                bound = forwards.add(c.name, [forwards.Forward("tcp", "127.0.0.1", 0, 22)])
+                paths.container_ssh_port(c.id).write_text(str(bound[0].host_port))
+                agent = guestops.connect_agent(Container(c.record, True))
+                try:
+                    yield agent
+                finally:
+                    agent.close()
+            finally:
+                domains.destroy(c.name)
+                guestops.wait_powered_off(c, 10)
+                paths.container_ssh_port(c.id).unlink(missing_ok=True)
+        finally:
+            status.write_bytes(saved)  # the container's last exit, as before the copy
+            if mtime is not None:
+                os.utime(status, (mtime, mtime))
+            self._write_seed(c.record)
+
     # --- removal -------------------------------------------------------------------------
 
     def remove(self, ref: str, force: bool = False) -> str:
@@ -312,8 +526,10 @@ class Engine:
         return ref
 
     def _discard(self, c: Container) -> None:
+        from hv import restart
         from hv.runtime.domains import destroy
 
+        restart.mark_user_stop(c.id)
         destroy(c.name, undefine=True)
         shutil.rmtree(paths.container_dir(c.id), ignore_errors=True)
 
@@ -325,6 +541,14 @@ class Engine:
         if c.record.auto_remove:
             shutil.rmtree(paths.container_dir(c.id), ignore_errors=True)
 
+    def container_running(self, c: Container) -> bool:
+        return self._alive(c)
+
+    def exit_code(self, c: Container) -> int:
+        """After the guest powered off: the main process's code (137 when it was killed)."""
+        _wait_gone(self, c)
+        return Container(c.record, False).state().exit_code
+
     def finish_run(self, c: Container) -> None:
         """After a foreground run ended: `--rm` removes the container."""
         if c.record.auto_remove:
@@ -334,15 +558,31 @@ class Engine:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _guest_assets() -> tuple[Path, Path, str]:
+@dataclass
+class GuestAssets:
+    """What guest-images/build.sh left in the guest dir: how to boot hv's guest."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    machine: str = "pc"
+    firmware: Path | None = None
+
+
+def _guest_assets() -> GuestAssets:
     kernel, initrd = paths.guest_kernel(), paths.guest_initrd()
     if not kernel.exists() or not initrd.exists():
         raise GuestAssetsMissing(f"the guest kernel or initramfs is missing in {paths.guest_dir()}")
-    try:
-        cmdline = paths.guest_cmdline().read_text().strip()
-    except OSError:
-        cmdline = "console=ttyS0 quiet panic=-1"
-    return kernel, initrd, cmdline
+
+    def text(path: Path, default: str) -> str:
+        try:
+            return path.read_text().strip() or default
+        except OSError:
+            return default
+
+    firmware = os.environ.get("HV_FIRMWARE") or text(paths.guest_firmware(), "")
+    return GuestAssets(kernel, initrd, text(paths.guest_cmdline(), "console=ttyS0 panic=-1"),
+                       text(paths.guest_machine(), "pc"), Path(firmware) if firmware else None)
 
 
 def _make_overlay(base: Path, disk: Path) -> None:
@@ -357,22 +597,22 @@ def _make_overlay(base: Path, disk: Path) -> None:
         raise RuntimeFailure(f"cannot create the container disk: {e.stderr.strip()}") from None
 
 
-def _domain_xml(record: Record, accel, kernel: Path, initrd: Path, cmdline: str) -> str:
-    from hv.runtime.domain import Disk, DomainSpec, FileChannel, FileSerial, UserNetwork
+def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
+    from hv.runtime.domain import Disk, DomainSpec, FileChannel, FileSerial, Rng, UserNetwork
 
     cid = record.id
     uuid = f"{cid[:8]}-{cid[8:12]}-{cid[12:16]}-{cid[16:20]}-{cid[20:32]}"
-    firmware = os.environ.get("HV_FIRMWARE", "")
     return DomainSpec(
         name=record.name,
         uuid=uuid,
-        kernel=kernel,
-        initrd=initrd,
-        cmdline=cmdline,
+        kernel=assets.kernel,
+        initrd=assets.initrd,
+        cmdline=assets.cmdline,
+        machine=assets.machine,
         memory_mib=record.memory_mib,
         vcpus=record.vcpus,
         domain_type=accel.domain_type,
-        loader=Path(firmware) if firmware else None,
+        loader=assets.firmware,
         disks=[
             Disk(paths.container_disk(cid), serial="hv-root", target="vda"),
             Disk(paths.container_seed(cid), serial="hv-seed", target="vdb", fmt="raw",
@@ -384,6 +624,7 @@ def _domain_xml(record: Record, accel, kernel: Path, initrd: Path, cmdline: str)
         ],
         serial=FileSerial(paths.container_console(cid)),
         network=UserNetwork(),
+        rng=Rng(),
         metadata=record.to_dict(),
     ).to_xml()
 
@@ -425,10 +666,13 @@ def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:
 
 
 def _wait_gone(engine: Engine, c: Container, timeout: float = 10.0) -> None:
+    from hv.runtime.domains import wait_reaped
+
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
         time.sleep(POLL)
     _reap_children()
+    wait_reaped(c.name)
 
 
 def _become_subreaper() -> None:

@@ -49,6 +49,16 @@ def guest_cmdline() -> Path:
     return guest_dir() / "cmdline"
 
 
+def guest_firmware() -> Path:
+    """The firmware ROM the kernel wants (qboot for hv's PVH kernel; empty: SeaBIOS)."""
+    return guest_dir() / "firmware"
+
+
+def guest_machine() -> Path:
+    """The QEMU machine type the guest was built for (`pc`)."""
+    return guest_dir() / "machine"
+
+
 # --- libvirt ----------------------------------------------------------------------------
 
 
@@ -150,3 +160,32 @@ def container_lock(cid: str) -> Path:
 def base_disk_lock(image_id: str) -> Path:
     """Held while an image's base disk is built, so two builders never race."""
     return base_disks_dir() / (image_id.partition(":")[2] + ".lock")
+
+
+def container_client_key(cid: str) -> Path:
+    """The container's SSH client key (private, 0600)."""
+    return container_dir(cid) / "id_ed25519"
+
+
+def container_client_public(cid: str) -> Path:
+    return container_dir(cid) / "id_ed25519.pub"
+
+
+def container_host_private(cid: str) -> Path:
+    """The guest's host key (private); it reaches the guest only through the seed."""
+    return container_dir(cid) / "host_key"
+
+
+def container_host_key(cid: str) -> Path:
+    """The public half of the guest's host key, pinned."""
+    return container_dir(cid) / "host_key.pub"
+
+
+def container_ssh_port(cid: str) -> Path:
+    """The loopback host port forwarded to the agent's sshd while the container runs."""
+    return container_dir(cid) / "ssh-port"
+
+
+def container_ports(cid: str) -> Path:
+    """Published ports as bound at the last start (JSON)."""
+    return container_dir(cid) / "ports.json"

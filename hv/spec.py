@@ -42,6 +42,11 @@ class RunOptions:
     hostname: str | None = None
     memory: str | None = None
     cpus: str | None = None
+    publish: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    tty: bool = False
+    interactive: bool = False
+    restart: str | None = None
 
 
 @dataclass

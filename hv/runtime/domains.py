@@ -7,6 +7,7 @@ embedded driver the root's lock is held only while it runs.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 from hv import paths
@@ -22,28 +23,37 @@ class DomainInfo:
     active: bool
     persistent: bool
     record: dict
+    paused: bool = False
 
 
-def _list(conn) -> list[DomainInfo]:
+def _list(conn) -> tuple[list[DomainInfo], bool]:
     libvirt = libvirt_module()
     out = []
+    complete = True
     for dom in conn.listAllDomains():
         try:
             xml = dom.XMLDesc(0)
+            state = dom.state()[0]
             active = bool(dom.isActive())
             persistent = bool(dom.isPersistent())
-        except libvirt.libvirtError:
-            continue  # vanished while we looked (a transient domain that just exited)
+        except libvirt.libvirtError as e:
+            # a transient domain that just exited vanishes; anything else: look again
+            complete = complete and e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+            continue
         record = read_metadata(xml)
         if record is None:
             continue
-        out.append(DomainInfo(dom.name(), dom.UUIDString(), active, persistent, record))
-    return out
+        out.append(DomainInfo(dom.name(), dom.UUIDString(), active, persistent, record,
+                              paused=state == libvirt.VIR_DOMAIN_PAUSED))
+    return out, complete
 
 
 def list_domains() -> list[DomainInfo]:
     """Every domain carrying an hv record; other VMs on a shared libvirt are ignored."""
-    return call(_list)
+    infos, complete = call(_list)
+    if not complete:  # a domain changed state while we looked: look once more
+        infos, _ = call(_list)
+    return infos
 
 
 def _start(conn, xml: str, name: str, persistent: bool) -> None:
@@ -69,6 +79,19 @@ def _start(conn, xml: str, name: str, persistent: bool) -> None:
 def start(xml: str, name: str, persistent: bool) -> None:
     """Define and start (persistent) or create (transient: gone when it powers off)."""
     call(_start, xml, name, persistent)
+
+
+def _start_defined(conn, name: str) -> None:
+    libvirt = libvirt_module()
+    try:
+        conn.lookupByName(name).create()
+    except libvirt.libvirtError as e:
+        raise RuntimeFailure(f"cannot start the VM: {first_line(str(e))}") from None
+
+
+def start_defined(name: str) -> None:
+    """Boot a defined (stopped) domain again."""
+    call(_start_defined, name)
 
 
 def _is_active(conn, name: str) -> bool | None:
@@ -124,6 +147,33 @@ def qemu_pid(name: str) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def running(name: str) -> bool:
+    """Is the VM still up? Cheap on the embedded driver (its QEMU pid), else one lookup."""
+    if is_embedded():
+        return qemu_pid(name) is not None
+    return bool(is_active(name))
+
+
+def wait_reaped(name: str, timeout: float = 5.0) -> None:
+    """Wait until an exited QEMU is gone from the process table.
+
+    libvirt counts a zombie as running; where init reaps orphans lazily (seen: ~1 s in
+    sandboxes), the next libvirt operation would still see the domain active.
+    """
+    import time
+
+    if not is_embedded():
+        return
+    pidfile = paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:

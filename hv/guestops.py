@@ -1,0 +1,200 @@
+"""What hv does inside or to a running container: exec, attach, signals, stop/start,
+pause, top, stats, ports. The engine facade delegates here; nothing prints.
+"""
+
+from __future__ import annotations
+
+import json
+import signal as _signal
+import time
+
+from hv import paths
+from hv.containers import Container
+from hv.errors import Conflict, HvError, RuntimeFailure, UsageError
+from hv.runtime.connection import call, first_line, libvirt_module
+
+# Linux input keycodes: ctrl-alt-del, which the agent turns into SIGTERM for the main process
+_CTRL_ALT_DEL = [29, 56, 111]
+
+
+def not_running(c: Container, action: str = "") -> Conflict:
+    what = f"cannot {action} container: {c.name}: " if action else ""
+    return Conflict(f"{what}container {c.id} is not running",
+                    hint=f"start it first with 'hv start {c.name}'")
+
+
+def parse_signal(text: str) -> int:
+    t = text.strip().upper()
+    if t.isdigit():
+        n = int(t)
+        if 1 <= n <= 64:
+            return n
+    else:
+        name = t if t.startswith("SIG") else "SIG" + t
+        try:
+            return int(_signal.Signals[name])
+        except KeyError:
+            pass
+    raise UsageError(f"invalid signal: {text}", hint="use a name like SIGTERM, TERM or a number")
+
+
+def connect_agent(c: Container, timeout: float = 90.0):
+    from hv.guest.agent import Agent, endpoint
+
+    if not c.active:
+        raise not_running(c)
+    return Agent.connect(endpoint(c.id), timeout=timeout)
+
+
+def _send_ctrl_alt_del(conn, name: str) -> bool:
+    libvirt = libvirt_module()
+    try:
+        dom = conn.lookupByName(name)
+        dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 0, _CTRL_ALT_DEL, len(_CTRL_ALT_DEL), 0)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def wait_powered_off(c: Container, timeout: float) -> bool:
+    """Wait for the guest to power off by itself (True) or the deadline (False)."""
+    from hv.runtime.domains import running, wait_reaped
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not running(c.name):
+            wait_reaped(c.name)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop(c: Container, timeout: int) -> None:
+    """SIGTERM to the main process (ctrl-alt-del → agent), SIGKILL by power-off after `timeout`."""
+    from hv.runtime.domains import destroy
+
+    if not c.active:
+        return
+    if timeout > 0 and call(_send_ctrl_alt_del, c.name):
+        if wait_powered_off(c, timeout):
+            return
+    destroy(c.name)
+    wait_powered_off(c, 10)
+
+
+def kill(c: Container, signum: int) -> None:
+    if not c.active:
+        raise not_running(c, "kill")
+    if signum == _signal.SIGKILL:
+        # the agent syncs the disk before powering off; power off hard only if it cannot
+        try:
+            _signal_main(c, signum)
+        except HvError:
+            from hv.runtime.domains import destroy
+
+            destroy(c.name)
+        return
+    _signal_main(c, signum)
+
+
+def _signal_main(c: Container, signum: int) -> None:
+    from hv.guest.attach import session_command
+
+    agent = connect_agent(c, timeout=30)
+    try:
+        code, _out, err = agent.call(session_command("signal", str(signum)), timeout=30)
+    finally:
+        agent.close()
+    if code == -1:
+        return  # the guest powered off as the main process died
+    if code != 0:
+        raise RuntimeFailure(f"cannot signal the main process: {err.decode().strip()}")
+
+
+def _set_paused(conn, name: str, paused: bool) -> None:
+    libvirt = libvirt_module()
+    try:
+        dom = conn.lookupByName(name)
+        if paused:
+            dom.suspend()
+        else:
+            dom.resume()
+    except libvirt.libvirtError as e:
+        raise RuntimeFailure(f"cannot {'pause' if paused else 'unpause'} the VM: "
+                             f"{first_line(str(e))}") from None
+
+
+def pause(c: Container, paused: bool) -> None:
+    if not c.active:
+        raise not_running(c, "pause" if paused else "unpause")
+    if c.paused == paused:
+        raise Conflict(f"Container {c.id} is {'already' if paused else 'not'} paused",
+                       hint="see 'hv ps'")
+    call(_set_paused, c.name, paused)
+
+
+def bound_ports(c: Container) -> list[dict]:
+    if not c.active:
+        return []
+    try:
+        return json.loads(paths.container_ports(c.id).read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def top(c: Container, args: list[str]) -> str:
+    from hv.guest.attach import session_command
+
+    agent = connect_agent(c, timeout=30)
+    try:
+        code, out, err = agent.call(session_command("top", args or None))
+    finally:
+        agent.close()
+    if code != 0:
+        raise RuntimeFailure(f"top failed: {err.decode(errors='replace').strip()}",
+                             hint="'hv top CONTAINER' takes ps options, e.g. -o pid,args")
+    return out.decode(errors="replace")
+
+
+def _sample(conn, names: list[str]) -> dict[str, dict]:
+    """CPU time (dom.info: no cgroups needed), QEMU RSS and disk bytes of each domain."""
+    libvirt = libvirt_module()
+    out = {}
+    for name in names:
+        try:
+            dom = conn.lookupByName(name)
+            cpu_ns = dom.info()[4]
+        except libvirt.libvirtError:
+            continue
+        try:
+            rss = dom.memoryStats().get("rss", 0) * 1024
+        except libvirt.libvirtError:
+            rss = 0
+        try:
+            rd = dom.blockStats("vda")
+            blk = (rd[1], rd[3])
+        except libvirt.libvirtError:
+            blk = (0, 0)
+        out[name] = {"cpu": cpu_ns, "rss": rss, "blk": blk, "t": time.monotonic()}
+    return out
+
+
+def stats(cs: list[Container], interval: float = 1.0) -> list[dict]:
+    running = [c for c in cs if c.active]
+    names = [c.name for c in running]
+    first = call(_sample, names) if names else {}
+    time.sleep(interval if names else 0)
+    second = call(_sample, names) if names else {}
+    rows = []
+    for c in cs:
+        a, b = first.get(c.name), second.get(c.name)
+        limit = c.record.memory_mib * 1024 * 1024
+        if not (a and b):
+            rows.append({"id": c.id, "name": c.name, "cpu": 0.0, "mem": 0, "limit": limit,
+                         "blk": (0, 0)})
+            continue
+        dt = max(1e-6, b["t"] - a["t"])
+        cpu = (b["cpu"] - a["cpu"]) / 1e9 / dt * 100
+        rows.append({"id": c.id, "name": c.name, "cpu": cpu, "mem": b["rss"], "limit": limit,
+                     "blk": b["blk"]})
+    return rows

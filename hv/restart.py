@@ -1,0 +1,123 @@
+"""Restart policies (`--restart no|on-failure[:N]|always|unless-stopped`) without a daemon.
+
+A container with a policy gets a small watcher process of its own (double-forked, detached
+from the terminal) that waits for the guest to power off and starts it again when the
+policy says so, with Docker's doubling back-off. `hv stop`/`kill`/`rm` leave a marker so a
+stop the user asked for is never undone. One watcher per container (an flock proves it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from hv import paths
+from hv.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = "no"  # no | on-failure | always | unless-stopped
+    max_retries: int = 0
+
+    def wants_restart(self, exit_code: int, restarts: int) -> bool:
+        if self.name in ("always", "unless-stopped"):
+            return True
+        if self.name == "on-failure" and exit_code != 0:
+            return self.max_retries == 0 or restarts < self.max_retries
+        return False
+
+    def to_text(self) -> str:
+        return f"{self.name}:{self.max_retries}" if self.max_retries else self.name
+
+
+def parse(text: str | None) -> Policy:
+    if not text:
+        return Policy()
+    name, _, count = text.partition(":")
+    if name not in ("no", "on-failure", "always", "unless-stopped"):
+        raise UsageError(f"invalid restart policy '{text}'",
+                         hint="use no, on-failure[:N], always or unless-stopped")
+    if count and (name != "on-failure" or not count.isdigit()):
+        raise UsageError(f"invalid restart policy '{text}': only on-failure takes a count",
+                         hint="use on-failure:N")
+    return Policy(name, int(count or 0))
+
+
+def mark_user_stop(cid: str) -> None:
+    try:
+        paths.container_dir(cid).joinpath("user-stopped").write_text("1")
+    except OSError:
+        pass
+
+
+def clear_user_stop(cid: str) -> None:
+    paths.container_dir(cid).joinpath("user-stopped").unlink(missing_ok=True)
+
+
+def restart_count(cid: str) -> int:
+    try:
+        return int(paths.container_dir(cid).joinpath("restarts").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def spawn_watcher(cid: str) -> None:
+    """Start the watcher for `cid` in the background (it exits at once if one runs)."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.execv(sys.executable, [sys.executable, "-m", "hv.restart", cid])
+    finally:
+        os._exit(0)
+
+
+def watch(cid: str) -> None:
+    from hv.containers import Container
+    from hv.engine import Engine
+    from hv.runtime.domains import running
+
+    lock = paths.container_dir(cid) / "watcher.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another watcher has it
+    engine = Engine()
+    delay = 0.1
+    while True:
+        try:
+            c = engine.container(cid)
+        except Exception:  # noqa: BLE001 - removed: nothing left to watch
+            return
+        policy = parse(c.record.restart)
+        while running(c.name):
+            time.sleep(0.2)
+        if paths.container_dir(cid).joinpath("user-stopped").exists():
+            return
+        code = Container(c.record, False).state().exit_code
+        n = restart_count(cid)
+        if not policy.wants_restart(code, n):
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 60)
+        paths.container_dir(cid).joinpath("restarts").write_text(str(n + 1))
+        try:
+            engine.start(cid, watch=False)
+        except Exception:  # noqa: BLE001 - try again after the back-off
+            continue
+
+
+if __name__ == "__main__":
+    watch(sys.argv[1])

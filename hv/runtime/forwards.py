@@ -1,0 +1,77 @@
+"""Host port forwards into a running guest (QEMU user networking, HMP `hostfwd_add`).
+
+libvirt 9.0 has no port forwarding for SLIRP interfaces, so forwards are added to the
+running QEMU through its monitor (the domain is then marked "tainted"; that is expected).
+Asking for host port 0 lets the kernel pick a free port atomically; `info usernet` tells
+which one it was.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hv.errors import Conflict, RuntimeFailure
+from hv.runtime.connection import call, first_line, libvirt_module
+
+NETDEV = "hostnet0"  # libvirt's id for the first <interface>
+
+
+@dataclass(frozen=True)
+class Forward:
+    proto: str  # tcp | udp
+    host_ip: str
+    host_port: int  # 0 = any free port
+    guest_port: int
+
+
+def _hmp(dom, command: str) -> str:
+    import libvirt_qemu
+
+    return libvirt_qemu.qemuMonitorCommand(
+        dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+
+_ROW = re.compile(r"^\s*(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+(\d+)", re.M)
+
+
+def parse_usernet(text: str) -> list[Forward]:
+    """Rows of `info usernet` that are host forwards."""
+    return [Forward(m.group(1).lower(), _ip(m.group(2)), int(m.group(3)),
+                    int(m.group(4))) for m in _ROW.finditer(text)]
+
+
+def _add(conn, name: str, forwards: list[Forward]) -> list[Forward]:
+    libvirt = libvirt_module()
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        raise RuntimeFailure(f"cannot find the VM {name}: {first_line(str(e))}") from None
+    done: list[Forward] = []
+    for fw in forwards:
+        before = set(parse_usernet(_hmp(dom, "info usernet")))
+        spec = f"{fw.proto}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
+        try:
+            out = _hmp(dom, f"hostfwd_add {NETDEV} {spec}")
+        except libvirt.libvirtError as e:
+            raise RuntimeFailure(f"cannot forward {spec}: {first_line(str(e))}") from None
+        if out.strip():
+            where = f"{fw.host_ip}:{fw.host_port}"
+            raise Conflict(
+                f"Bind for {where} failed: port is already allocated ({first_line(out)})",
+                hint="choose another host port with -p HOSTPORT:CONTAINERPORT")
+        new = [f for f in parse_usernet(_hmp(dom, "info usernet")) if f not in before
+               and f.proto == fw.proto and f.guest_port == fw.guest_port]
+        if not new:
+            raise RuntimeFailure(f"QEMU did not report the forward {spec}")
+        done.append(new[0])
+    return done
+
+
+def add(name: str, forwards: list[Forward]) -> list[Forward]:
+    """Add forwards to the running domain; returns them with the host ports bound."""
+    return call(_add, name, forwards) if forwards else []
+
+
+def _ip(text: str) -> str:
+    return "0.0.0.0" if text in ("", "*") else text
