@@ -612,6 +612,9 @@ def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
         memory_mib=record.memory_mib,
         vcpus=record.vcpus,
         domain_type=accel.domain_type,
+        # TCG's translation cache defaults to 1 GiB; 32 MiB keeps idle RSS ~20 MB lower
+        # with no measurable boot cost (16 MiB thrashes: boots take 3x longer)
+        tb_cache_mib=int(os.environ.get("HV_TB_CACHE_MIB", "32")) or None,
         loader=assets.firmware,
         disks=[
             Disk(paths.container_disk(cid), serial="hv-root", target="vda"),

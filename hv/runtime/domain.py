@@ -107,6 +107,7 @@ class DomainSpec:
     memory_mib: int = 512
     vcpus: int = 1
     domain_type: str = "qemu"  # "qemu" = TCG, "kvm" = hardware
+    tb_cache_mib: int | None = None  # TCG translation cache; QEMU's default is 1 GiB
     machine: str = "pc"
     loader: Path | None = None  # firmware ROM (qboot) instead of SeaBIOS
     emulator: Path | None = None
@@ -137,6 +138,9 @@ class DomainSpec:
         _sub(os_, "cmdline", self.cmdline)
         features = _sub(dom, "features")
         _sub(features, "acpi")
+        if self.domain_type == "qemu" and self.tb_cache_mib:
+            tcg = _sub(features, "tcg")
+            _sub(tcg, "tb-cache", str(self.tb_cache_mib), unit="MiB")
         if self.domain_type == "kvm":
             _sub(dom, "cpu", mode="host-passthrough")
         _sub(dom, "clock", offset="utc")
