@@ -478,6 +478,7 @@ def _register_extras() -> None:
     except ImportError:  # pragma: no cover - during bootstrap
         return
     image_cmds.register(app)
+    __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
 
 
 _register_extras()
