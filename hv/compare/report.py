@@ -300,7 +300,9 @@ def rows(doc: dict) -> list[list[str]]:
                 continue
             claim = COURSE[key][name] if in_course else None
             value = measured[name].get(key)
-            if claim and value:
+            if claim and value and value.startswith("not measured"):
+                row.append(f"{claim} (course) — {value}")
+            elif claim and value:
                 row.append(f"{claim} (course) — {value} (measured)")
             elif claim:
                 row.append(f"{claim} (course)")

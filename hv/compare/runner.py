@@ -218,7 +218,7 @@ def _make_leg(name: str, opts: Options, root: Path, work: Path, env: dict[str, s
                            hint="install crun or runc (make setup does), or pass --runtime")
         return ContainerLeg(runtime, root, work / "bundle", env, f"hvcmp-{run_id}")
     if injected:
-        raise LegError("not measured: the image has no /bin/sh, and an hv VM boots the "
+        raise LegError("the image has no /bin/sh, and an hv VM boots the "
                        "image's own disk unchanged, so there is nothing to run the workload "
                        "with (the other columns used an injected static busybox)")
     return VmLeg(opts.image, f"hvcmp-{run_id}", opts.memory)
