@@ -18,7 +18,7 @@ def compare(
     image: Annotated[str, typer.Argument(help="image whose binaries run in all three columns")],
     repeats: Annotated[int, typer.Option("-n", "--repeats", help="runs per column (median and min-max)")] = 3,
     size: Annotated[int, typer.Option("--size", help="MB written and read back by the disk I/O test")] = 32,
-    compute_size: Annotated[int, typer.Option("--compute-size", help="MB of zeros hashed by md5sum for the compute test")] = 64,
+    compute_size: Annotated[int, typer.Option("--compute-size", help="MB of zeros hashed by md5sum for the compute test")] = 128,
     only: Annotated[str | None, typer.Option("--only", help="columns: process,container,vm")] = None,
     runtime: Annotated[str | None, typer.Option("--runtime", help="OCI runtime for the container column: crun or runc (default: crun if installed, else runc; HV_OCI_RUNTIME=none disables)")] = None,
     memory: Annotated[str | None, typer.Option("-m", "--memory", help="the VM's RAM (as hv run -m)")] = None,

@@ -206,7 +206,9 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_pct(p: float | None) -> str:
-    return "n/a" if p is None else f"{p:+.0f}%"
+    if p is None:
+        return "n/a"
+    return "±0%" if abs(p) < 0.5 else f"{p:+.0f}%"
 
 
 def fmt_mib(kib: float | None) -> str:
@@ -252,7 +254,8 @@ def _measured_cells(doc: dict) -> dict[str, dict[str, str]]:
         cells["memory"] = m if median(mem["overhead_kib"]) is not None else "n/a"
         hp = iso["host_pid_visible"]
         cells["pids"] = "n/a" if hp is None else (
-            f"{_yes(hp)} ({iso['pids_visible']} PIDs in /proc)")
+            f"{_yes(hp)} ({iso['pids_visible']} PID{'' if iso['pids_visible'] == 1 else 's'} "
+            "in /proc)")
         cells["hypervisor"] = _yes(iso["hypervisor_flag"]) + (
             " (the host is a VM)" if iso["hypervisor_flag"] and host["hypervisor_flag"]
             and name != "vm" else "")
@@ -400,6 +403,8 @@ def plot(doc: dict, path) -> None:
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=10)
+        if title.startswith("Start") and all(v for v in vals):
+            ax.set_yscale("log")  # milliseconds beside seconds
         ax.axhline(0, color="black", linewidth=0.5)
     a = doc["accelerator"]["name"].upper()
     fig.suptitle(f"hv compare {doc['image']['ref']} — {doc['host']['cpu']}, accelerator {a}, "

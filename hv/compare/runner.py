@@ -35,7 +35,7 @@ class Options:
     image: str
     repeats: int = 3
     io_mb: int = 32
-    compute_mb: int = 64
+    compute_mb: int = 128
     only: tuple[str, ...] = LEGS
     runtime: str | None = None
     memory: str | None = None  # the VM's RAM (hv run -m)
