@@ -76,6 +76,8 @@ def run(
     publish: Annotated[list[str] | None, typer.Option("-p", "--publish", help="[IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")] = None,
     publish_all: Annotated[bool, typer.Option("-P", "--publish-all", help="publish all exposed ports")] = False,
     restart: Annotated[str | None, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped")] = None,
+    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", help="bind mount or volume: SOURCE:TARGET[:ro], NAME:TARGET, TARGET")] = None,
+    mount: Annotated[list[str] | None, typer.Option("--mount", help="type=bind|volume,source=...,target=...[,readonly]")] = None,
 ) -> None:
     """Create and start a container (a VM) from an image."""
     from hv.spec import RunOptions
@@ -85,7 +87,7 @@ def run(
         env=list(env or []), env_files=list(env_file or []), workdir=workdir, user=user,
         entrypoint=entrypoint, hostname=hostname, memory=memory, cpus=cpus,
         publish=list(publish or []), publish_all=publish_all, tty=tty, interactive=interactive,
-        restart=restart,
+        restart=restart, volumes=list(volume or []), mounts=list(mount or []),
     )
     engine = _engine()
     from cli.progress import pull_progress
@@ -227,7 +229,7 @@ def rm(
 ) -> None:
     """Remove containers."""
     engine = _engine()
-    each(containers, lambda ref: engine.remove(ref, force=force))
+    each(containers, lambda ref: engine.remove(ref, force=force, volumes=volumes))
 
 
 @app.command()
@@ -478,6 +480,7 @@ def _register_extras() -> None:
     except ImportError:  # pragma: no cover - during bootstrap
         return
     image_cmds.register(app)
+    __import__("cli.volume_cmds").volume_cmds.register(app)  # hv volume, hv system
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
 
 

@@ -42,6 +42,7 @@ class Record:
     stdin_open: bool = False
     restart: str = "no"
     extra: dict = field(default_factory=dict)
+    volumes: list[dict] = field(default_factory=list)  # resolved mounts (hv.volumes.attach)
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -127,6 +128,7 @@ class Container:
             "Image": r.image_id,
             "LogPath": str(paths.container_log(r.id)),
             "Name": "/" + r.name,
+            "Mounts": _mounts(r.volumes),
             "RestartCount": _restarts(r.id),
             "Driver": "qcow2",
             "Platform": "linux",
@@ -162,6 +164,12 @@ class Container:
                 "Console": str(paths.container_console(r.id)),
             },
         }
+
+
+def _mounts(volumes: list[dict]) -> list[dict]:
+    from hv.volumes import inspect_mounts
+
+    return inspect_mounts(volumes)
 
 
 def _restarts(cid: str) -> int:

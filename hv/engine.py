@@ -116,7 +116,7 @@ class Engine:
                 continue
             with _container_lock(d.name, exclusive=True, wait=False) as got:
                 if got:
-                    shutil.rmtree(d, ignore_errors=True)
+                    _remove_container_dir(d.name, anonymous_volumes=True)
 
     # --- run -----------------------------------------------------------------------------
 
@@ -132,8 +132,14 @@ class Engine:
         if opts.auto_remove and policy.name != "no":
             raise UsageError("Conflicting options: --restart and --rm",
                              hint="a container removed at exit cannot be restarted")
+        from hv import mounts, volumes
+
+        mount_specs = mounts.parse_all(opts.volumes, opts.mounts)
+        volumes.check_sources(mount_specs)
         image = self._image_for_run(opts.image, progress)
         proc = process_spec(image.run_config, opts)
+        mount_specs = volumes.with_image_volumes(mount_specs, image.run_config)
+        transport = volumes.transport() if mount_specs else None
         assets = _guest_assets()
 
         from hv import names
@@ -173,16 +179,22 @@ class Engine:
         )
         cdir = paths.container_dir(cid)
         cdir.mkdir(parents=True)
+        attached = None
         try:
             with _container_lock(cid, exclusive=False):
+                if mount_specs:
+                    record.volumes, attached = volumes.attach(cid, mount_specs, transport)
                 base = self.images.base_disk(image)
                 record.base_disk = str(base)
                 _make_overlay(base, paths.container_disk(cid))
-                self._write_seed(record, wait_attach=opts.interactive and not opts.detach)
+                self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
+                                 first_boot=True)
                 xml = _domain_xml(record, accel, assets)
                 self._boot(record, xml=xml)
         except BaseException:
             shutil.rmtree(cdir, ignore_errors=True)
+            if attached is not None:
+                attached.undo()  # volumes and -v folders this run made
             raise
         if policy.name != "no":
             restart.spawn_watcher(cid)
@@ -228,7 +240,7 @@ class Engine:
         return self.images.pull(ref, progress)
 
     def _write_seed(self, record: Record, wait_attach: bool = False,
-                    maintenance: bool = False) -> None:
+                    maintenance: bool = False, first_boot: bool = False) -> None:
         from hv.guest import keys
         from hv.guest.seed import GuestSpec, write_seed
 
@@ -252,6 +264,7 @@ class Engine:
             stdin_open=record.stdin_open, wait_attach=wait_attach, maintenance=maintenance,
             authorized_keys=paths.container_client_public(cid).read_text(),
             ssh_host_key=paths.container_host_private(cid).read_text(),
+            mounts=_guest_mounts(record, first_boot and not maintenance),
         ))
 
     def _notice_once(self, key: str, text: str) -> None:
@@ -514,7 +527,8 @@ class Engine:
 
     # --- removal -------------------------------------------------------------------------
 
-    def remove(self, ref: str, force: bool = False) -> str:
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> str:
+        """`rm` (`-v`: and the container's anonymous volumes no other container uses)."""
         c = self.container(ref)
         if c.active and not force:
             raise Conflict(
@@ -522,16 +536,17 @@ class Engine:
                 "container before removing or force remove",
                 hint=f"use 'hv rm -f {c.name}'",
             )
-        self._discard(c)
+        self._discard(c, volumes=volumes)
         return ref
 
-    def _discard(self, c: Container) -> None:
+    def _discard(self, c: Container, volumes: bool = False) -> None:
         from hv import restart
         from hv.runtime.domains import destroy
 
         restart.mark_user_stop(c.id)
         destroy(c.name, undefine=True)
-        shutil.rmtree(paths.container_dir(c.id), ignore_errors=True)
+        # `--rm` takes its anonymous volumes along, as Docker's does
+        _remove_container_dir(c.id, anonymous_volumes=volumes or c.record.auto_remove)
 
     def stop_now(self, c: Container) -> None:
         """Ctrl-C on a foreground run: power the VM off now (and `--rm` removes it)."""
@@ -539,7 +554,7 @@ class Engine:
 
         destroy(c.name, undefine=c.record.auto_remove)
         if c.record.auto_remove:
-            shutil.rmtree(paths.container_dir(c.id), ignore_errors=True)
+            _remove_container_dir(c.id, anonymous_volumes=True)
 
     def container_running(self, c: Container) -> bool:
         return self._alive(c)
@@ -599,8 +614,10 @@ def _make_overlay(base: Path, disk: Path) -> None:
 
 def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
     from hv.runtime.domain import Disk, DomainSpec, FileChannel, FileSerial, Rng, UserNetwork
+    from hv.volumes import domain_devices
 
     cid = record.id
+    filesystems, memory_backing = domain_devices(record.volumes)
     uuid = f"{cid[:8]}-{cid[8:12]}-{cid[12:16]}-{cid[16:20]}-{cid[20:32]}"
     return DomainSpec(
         name=record.name,
@@ -628,8 +645,27 @@ def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
         serial=FileSerial(paths.container_console(cid)),
         network=UserNetwork(),
         rng=Rng(),
+        filesystems=filesystems,
+        memory_backing=memory_backing,
         metadata=record.to_dict(),
     ).to_xml()
+
+
+def _guest_mounts(record: Record, first_boot: bool):
+    """The seed's mounts; image content is copied into empty volumes at the first boot only
+    (Docker copies when the container is created)."""
+    from hv.volumes import guest_mounts
+
+    return guest_mounts(record.volumes, first_boot) if record.volumes else None
+
+
+def _remove_container_dir(cid: str, anonymous_volumes: bool) -> None:
+    from hv import volumes
+
+    anonymous = volumes.anonymous_of(cid) if anonymous_volumes else []
+    shutil.rmtree(paths.container_dir(cid), ignore_errors=True)
+    if anonymous:
+        volumes.remove_anonymous(anonymous)
 
 
 @contextlib.contextmanager
@@ -674,7 +710,10 @@ def _wait_gone(engine: Engine, c: Container, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
         time.sleep(POLL)
-    _reap_children()
+    # A QEMU we adopted is a zombie whose last threads may still be exiting (seen with a
+    # vhost-user virtiofs device): it can only be reaped once they are gone.
+    while _reap_children() and time.monotonic() < deadline:
+        time.sleep(POLL)
     wait_reaped(c.name)
 
 
@@ -692,14 +731,29 @@ def _become_subreaper() -> None:
         pass
 
 
-def _reap_children() -> None:
+def _reap_children() -> bool:
+    """Reap exited children; True while a child is a zombie that cannot be reaped yet."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return _zombie_child()
+
+
+def _zombie_child() -> bool:
+    me = str(os.getpid())
+    for task in os.listdir("/proc"):
+        if task.isdigit():
+            try:
+                with open(f"/proc/{task}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] == "Z" and fields[1] == me:
+                return True
+    return False
 
 
 class _LineSplitter:

@@ -189,3 +189,41 @@ def container_ssh_port(cid: str) -> Path:
 def container_ports(cid: str) -> Path:
     """Published ports as bound at the last start (JSON)."""
     return container_dir(cid) / "ports.json"
+
+
+# --- volumes ----------------------------------------------------------------------------
+
+
+def volumes_dir() -> Path:
+    return state_root() / "volumes"
+
+
+def volume_dir(name: str) -> Path:
+    return volumes_dir() / name
+
+
+def volume_data(name: str) -> Path:
+    """What a container sees at the mount point (Docker's `_data`; the share's source)."""
+    return volume_dir(name) / "_data"
+
+
+def volume_meta(name: str) -> Path:
+    """The volume's record: small versioned JSON (name, created, driver, labels, anonymous)."""
+    return volume_dir(name) / "volume.json"
+
+
+def volumes_lock() -> Path:
+    """Held while volumes are created or removed, so `rm` never races a `run`."""
+    return volumes_dir() / ".lock"
+
+
+def volume_transport_cache() -> Path:
+    """The probed verdict virtiofs-or-9p for this state root (as accel.json for KVM)."""
+    return state_root() / "volume-transport.json"
+
+
+def container_mounts(cid: str) -> Path:
+    """The container's mounts (JSON), written before its volumes are created: which volumes
+    a container uses is read from here, so a volume in use is never removed, even while
+    the container is being created or after its domain vanished (`--rm -d`)."""
+    return container_dir(cid) / "mounts.json"

@@ -47,6 +47,8 @@ class RunOptions:
     tty: bool = False
     interactive: bool = False
     restart: str | None = None
+    volumes: list[str] = field(default_factory=list)  # `-v` values, as typed
+    mounts: list[str] = field(default_factory=list)  # `--mount` values, as typed
 
 
 @dataclass

@@ -8,6 +8,7 @@ QEMU process of this root is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,6 +43,10 @@ def hv_root():
     leftovers = _qemu_pids(root)
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)
+    stray_virtiofsd = _virtiofsd_pids(root)
+    for pid in stray_virtiofsd:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(root, ignore_errors=True)
     for k, v in old.items():
         if v is None:
@@ -49,6 +54,7 @@ def hv_root():
         else:
             os.environ[k] = v
     assert not leftovers, f"QEMU processes outlived the suite: {leftovers}"
+    assert not stray_virtiofsd, f"virtiofsd processes outlived the suite: {stray_virtiofsd}"
 
 
 def _qemu_pids(root: Path) -> list[int]:
@@ -63,6 +69,26 @@ def _qemu_pids(root: Path) -> list[int]:
         if b"qemu-system" in cmd and str(root).encode() in cmd:
             pids.append(int(p.name))
     return pids
+
+
+def _virtiofsd_pids(root: Path, grace: float = 3.0) -> list[int]:
+    """virtiofsd serving a folder under `root` (tests keep every bind source there) that is
+    still alive `grace` seconds on: each one exits when its QEMU does."""
+    deadline = time.monotonic() + grace
+    while True:
+        pids = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"virtiofsd" in cmd and str(root).encode() in cmd:
+                pids.append(int(p.name))
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
 
 
 def _destroy_all(root: Path) -> None:

@@ -3,7 +3,8 @@
 An ISO 9660 image with Rock Ridge names (the guest agent mounts it and reads the real names),
 one value per file: `argv` and `env` hold NUL-terminated items, the rest plain text without a
 trailing newline (the two SSH key files end in a newline, as OpenSSH writes them). Values may
-hold any byte except NUL. Flags (`tty`, `stdin_open`, `wait_attach`, `maintenance`) are "1" or
+hold any byte except NUL. `mounts` (absent: none) holds six NUL-terminated fields per
+mount (see `_mounts`). Flags (`tty`, `stdin_open`, `wait_attach`, `maintenance`) are "1" or
 "0"; a file the agent does not find means its default (older seeds).
 """
 
@@ -21,6 +22,18 @@ VOLUME_ID = "HVSEED"
 
 
 @dataclass
+class GuestMount:
+    """A share the agent mounts before the main process starts (seed file `mounts`)."""
+
+    tag: str  # the virtiofs/9p tag of the domain's <filesystem>
+    fstype: str  # "virtiofs" | "9p"
+    sub: str  # "" = the whole share at target; else a file name in it (a file bind mount)
+    target: str  # absolute path in the container
+    readonly: bool = False
+    copy: bool = False  # when the share is empty, copy the image's content at target first
+
+
+@dataclass
 class GuestSpec:
     container_id: str
     argv: list[str]  # ENTRYPOINT + CMD, already merged by the host; non-empty
@@ -34,6 +47,20 @@ class GuestSpec:
     maintenance: bool = False  # boot with sshd only, no main process (cp into a stopped one)
     authorized_keys: str = ""  # OpenSSH public key line(s) of the container's client key
     ssh_host_key: str = ""  # OpenSSH-format private host key, made (and pinned) by the host
+    mounts: list[GuestMount] | None = None  # volumes and bind mounts
+
+
+def _mounts(mounts: list[GuestMount]) -> bytes:
+    """Six NUL-terminated fields per mount: tag, fstype, sub, target, ro (0/1), copy (0/1).
+    No field may hold a newline: the agent turns NULs into newlines to read them."""
+    items = []
+    for m in mounts:
+        fields = [m.tag, m.fstype, m.sub, m.target, "1" if m.readonly else "0",
+                  "1" if m.copy else "0"]
+        if any("\n" in f for f in fields):
+            raise ValueError(f"mount field of {m!r} contains a newline")
+        items += fields
+    return _nul_list(items, "mounts")
 
 
 def _nul_list(items: list[str], what: str) -> bytes:
@@ -69,6 +96,8 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
         "wait_attach": b"1" if spec.wait_attach else b"0",
         "maintenance": b"1" if spec.maintenance else b"0",
     }
+    if spec.mounts:
+        files["mounts"] = _mounts(spec.mounts)
     # sshd runs only when both keys are there; an absent file means "no sshd".
     if spec.authorized_keys or spec.ssh_host_key:
         if not (spec.authorized_keys and spec.ssh_host_key):

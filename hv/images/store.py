@@ -236,6 +236,10 @@ class ImageStore:
     ) -> list[tuple[str, str]]:
         """Docker's `rmi`: untag, then delete the image when nothing refers to it."""
         out: list[tuple[str, str]] = []
+        if not _HEX_PREFIX.match(name_or_id):
+            # Docker reports a malformed name as such, e.g. the `IMAGE` header word that
+            # `docker images | awk '{print $3}'` hands to rmi: "invalid reference format"
+            Reference.parse(name_or_id)
         with index.transaction() as data:
             image_id, key = self._resolve(data, name_or_id)
             rec = data["images"][image_id]

@@ -98,6 +98,47 @@ class Rng:
 
 
 @dataclass
+class Filesystem:
+    """A host folder shared with the guest: virtiofs (virtiofsd, needs shared memory) or
+    virtio-9p (QEMU's own server). accessmode passthrough: files keep their real owners."""
+
+    source: Path
+    tag: str  # the guest mounts it by this tag
+    driver: str = "virtiofs"  # "virtiofs" | "9p"
+    readonly: bool = False  # 9p: refused by QEMU too; virtiofs: enforced by the guest
+    binary: Path | None = None  # virtiofsd; None: libvirt finds one
+    cache: str = ""  # virtiofsd's cache mode: "" = its default (auto), "none", "always"
+
+    def element(self, devices: ET.Element) -> None:
+        fs = _sub(devices, "filesystem", type="mount", accessmode="passthrough")
+        if self.driver == "virtiofs":
+            _sub(fs, "driver", type="virtiofs", queue="1024")
+            if self.binary or self.cache:
+                binary = _sub(fs, "binary", **({"path": str(self.binary)} if self.binary else {}))
+                if self.cache:  # libvirt 9.0 knows none|always only
+                    _sub(binary, "cache", mode=self.cache)
+        else:
+            _sub(fs, "driver", type="path", wrpolicy="immediate")
+        _sub(fs, "source", dir=str(self.source))
+        _sub(fs, "target", dir=self.tag)
+        if self.readonly and self.driver != "virtiofs":
+            _sub(fs, "readonly")
+
+
+@dataclass
+class MemoryBacking:
+    """Guest RAM that another process may map: virtiofsd needs it (vhost-user)."""
+
+    source: str = "memfd"
+    access: str = "shared"
+
+    def element(self, dom: ET.Element) -> None:
+        mb = _sub(dom, "memoryBacking")
+        _sub(mb, "source", type=self.source)
+        _sub(mb, "access", mode=self.access)
+
+
+@dataclass
 class DomainSpec:
     name: str
     uuid: str
@@ -116,6 +157,8 @@ class DomainSpec:
     serial: FileSerial | None = None
     network: UserNetwork | None = None
     rng: Rng | None = None
+    filesystems: list[Filesystem] = field(default_factory=list)
+    memory_backing: MemoryBacking | None = None
     metadata: dict | None = None
     qemu_args: list[str] = field(default_factory=lambda: list(SELF_EXIT_ARGS))
 
@@ -128,6 +171,8 @@ class DomainSpec:
             rec = ET.SubElement(meta, f"{{{HV_NS}}}container")
             rec.text = json.dumps(self.metadata, sort_keys=True)
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
+        if self.memory_backing is not None:
+            self.memory_backing.element(dom)
         _sub(dom, "vcpu", str(self.vcpus), placement="static")
         os_ = _sub(dom, "os")
         _sub(os_, "type", "hvm", arch="x86_64", machine=self.machine)
@@ -151,6 +196,8 @@ class DomainSpec:
             _sub(devices, "emulator", str(self.emulator))
         for disk in self.disks:
             disk.element(devices)
+        for fs in self.filesystems:
+            fs.element(devices)
         _sub(devices, "controller", type="usb", model="none")
         if self.network is not None:
             self.network.element(devices)
