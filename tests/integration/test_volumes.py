@@ -298,3 +298,32 @@ def test_course_cleanup_script_verbatim(own_root, test_images_dir):
     assert hv("volume", "ls", "-qf", "dangling=true").stdout == ""
     assert hv("volume", "ls", "-q").stdout == ""
     assert keep.is_dir()  # a bind source is the user's, never removed
+
+
+def test_system_df_and_prune(own_root, test_images_dir):
+    hv = own_root
+    hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
+    hv("run", "--name", "gone", "-v", "kept-named:/k", "-v", "/anon", "busybox", "sh", "-c",
+       "head -c 300000 /dev/zero > /anon/f", check=True)
+    p = hv("system", "df")
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], p.stdout
+    assert lines[1].split()[:3] == ["Images", "1", "1"]
+    assert lines[2].split()[:3] == ["Containers", "1", "0"] and "(100%)" in lines[2]
+    assert lines[3].startswith("Local Volumes") and lines[3].split()[2:4] == ["2", "2"]
+    for verb in (["system", "prune"], ["volume", "prune"]):  # no terminal, no -f: refused
+        p = hv(*verb, input="y\n")
+        assert p.returncode == 1 and "needs confirmation" in p.stderr and "hint:" in p.stderr
+    assert len(hv("ps", "-aq").stdout.split()) == 1
+    p = hv("system", "prune", "-f", "-a", "--volumes")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert out.startswith("Deleted Containers:\n") and "Deleted Volumes:\n" in out
+    assert "Deleted Images:\nuntagged: busybox:latest\ndeleted: sha256:" in out
+    assert out.splitlines()[-1].startswith("Total reclaimed space: ")
+    assert hv("ps", "-aq").stdout == "" and hv("images", "-q").stdout == ""
+    assert hv("volume", "ls", "-q").stdout == "kept-named\n"  # named: only `volume prune -a`
+    p = hv("volume", "prune", "-f")
+    assert p.stdout == "Total reclaimed space: 0B\n"
+    p = hv("volume", "prune", "-f", "-a")
+    assert p.stdout.startswith("Deleted Volumes:\nkept-named\n\nTotal reclaimed space:")
