@@ -6,8 +6,9 @@ the host, measured in the same run.
              reads it back (host page cache warm, as it is for the guests' reads below)
 - guest:     busybox `dd bs=1M count=100 conv=fsync` into the mount, then the guest's caches
              dropped (`echo 3 > /proc/sys/vm/drop_caches`) and `dd` reads it back; times from
-             the guest's monotonic clock (/proc/timer_list, ns). virtiofs runs with virtiofsd `cache=none` (hv's default:
-             coherent with the host) unless HV_VIRTIOFS_CACHE says otherwise.
+             the guest's monotonic clock (/proc/timer_list, ns). virtiofs runs with
+             virtiofsd `cache=none` (hv's default: coherent with the host) unless
+             HV_VIRTIOFS_CACHE says otherwise.
 - disk:      the same in the container's /tmp (its qcow2 overlay on the image's ext4 disk)
 
 Medians of HV_BENCH_REPEATS (default 3) rounds in one boot per transport. Prints MB/s and
