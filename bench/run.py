@@ -1,9 +1,17 @@
-"""`make bench`: hv's speed as ratios against baselines measured in the same run.
+"""`make bench`: hv's speed and memory as ratios against baselines measured in the same run.
 
-- hv:       `hv run --rm busybox true`, the whole CLI, wall time
-- raw qemu: qemu-system-x86_64 booting the same kernel + initramfs + disk to power-off
-            (hv's floor: what is left is libvirt, disk/seed preparation and Python)
-- crun/runc: the same busybox rootfs as a namespace container (`crun run`, `runc run`)
+Boot (issues 2 and 6)
+- hv:          `hv run --rm busybox true`, the whole CLI, wall time
+- raw qemu:    qemu-system-x86_64 booting the same kernel + initramfs + disk to power-off
+               (hv's floor: what is left is libvirt, disk/seed preparation and Python)
+- stock:       the same raw boot with Debian's cloud kernel (the kernel hv had before)
+- crun/runc:   the same busybox rootfs as a namespace container (`crun run`, `runc run`)
+Guest seam (issue 3)
+- `hv exec c true` against `crun exec` / `runc exec` into a container of the same rootfs
+- `hv cp` of 100 MB into a running container against OpenSSH (`ssh … 'cat > f' < file`)
+  into the same guest's sshd
+Memory (issue 6)
+- QEMU RSS of an idle container; N idle containers at once (HV_BENCH_IDLE, default 20)
 
 Medians of N runs (HV_BENCH_REPEATS, default 7) after one warm-up each; the machine and the
 accelerator are printed with the numbers, since TCG and KVM differ by an order of magnitude.
@@ -26,12 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 REPEATS = int(os.environ.get("HV_BENCH_REPEATS", "7"))
+IDLE = int(os.environ.get("HV_BENCH_IDLE", "20"))
+CP_MB = int(os.environ.get("HV_BENCH_CP_MB", "100"))
 
 
 def timed(argv: list[str], env: dict | None = None, **kw) -> float:
     t = time.perf_counter()
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=env, **kw)
+    subprocess.run(argv, check=True, stdin=kw.pop("stdin", subprocess.DEVNULL),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, **kw)
     return time.perf_counter() - t
 
 
@@ -51,71 +61,202 @@ def machine() -> str:
            f"{platform.release()}"
 
 
-def oci_bundle(images: Path, work: Path) -> Path:
-    bundle = work / "bundle"
+def oci_bundle(images: Path, work: Path, args: list[str]) -> Path:
+    bundle = work / f"bundle-{args[0]}"
+    if bundle.exists():
+        return bundle
     subprocess.run(["umoci", "unpack", "--image", f"{images}/busybox:latest", str(bundle)],
                    check=True, capture_output=True)
     cfg_path = bundle / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["process"]["args"] = ["true"]
+    cfg["process"]["args"] = args
     cfg["process"]["terminal"] = False
     cfg_path.write_text(json.dumps(cfg))
     return bundle
 
 
-def main() -> int:
-    from bench.rawboot import raw_boot_seconds
-    from hv import paths
-    from hv.runtime.accel import detect
+CRUN_PREFIX = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\""]
 
-    images = Path(os.environ.get("HV_TEST_IMAGES", paths.cache_root() / "images" / "out"))
-    work = Path(tempfile.mkdtemp(prefix="hvb-", dir="/tmp"))
-    env = dict(os.environ, HV_ROOT=str(work / "root"), PYTHONPATH=str(REPO))
-    hv = [sys.executable, "-m", "cli.main"]
-    results: dict[str, list[float]] = {}
-    try:
-        subprocess.run([*hv, "load", "-i", str(images / "busybox.oci.tar")], env=env,
-                       check=True, capture_output=True)
-        os.environ["HV_ROOT"] = env["HV_ROOT"]
-        accel = detect()
-        results["hv run --rm busybox true"] = series(
-            lambda: timed([*hv, "run", "--rm", "busybox", "true"], env=env, cwd=REPO))
 
+def runtime_cmd(runtime: str, *args: str) -> list[str]:
+    """crun needs the private mount namespace trick of DESIGN.md on these hosts."""
+    return [*CRUN_PREFIX, runtime, *args] if runtime == "crun" else [runtime, *args]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Bench:
+    def __init__(self) -> None:
+        from hv import paths
+
+        self.images = Path(os.environ.get("HV_TEST_IMAGES",
+                                          paths.cache_root() / "images" / "out"))
+        self.work = Path(tempfile.mkdtemp(prefix="hvb-", dir="/tmp"))
+        self.env = dict(os.environ, HV_ROOT=str(self.work / "root"), PYTHONPATH=str(REPO))
+        os.environ["HV_ROOT"] = self.env["HV_ROOT"]
+        self.hv = [sys.executable, "-m", "cli.main"]
+        self.results: dict[str, list[float]] = {}
+        self.notes: list[str] = []
+
+    def run_hv(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.hv, *args], env=self.env, cwd=REPO, check=True,
+                              capture_output=True, text=True, **kw)
+
+    def boot(self) -> None:
+        from bench.rawboot import build_guest, guest_boot, raw_boot_seconds
+        from hv import paths
         from hv.images.store import ImageStore
 
-        image = ImageStore(paths.images_root()).get("busybox")
-        disk = paths.base_disk(image.id)
-        kernel, initrd = paths.guest_kernel(), paths.guest_initrd()
+        self.run_hv("load", "-i", str(self.images / "busybox.oci.tar"))
+        self.results["hv run --rm busybox true"] = series(
+            lambda: timed([*self.hv, "run", "--rm", "busybox", "true"], env=self.env, cwd=REPO))
+        disk = paths.base_disk(ImageStore(paths.images_root()).get("busybox").id)
+        g = paths.guest_dir()
+        info = guest_boot(g)
         cmdline = paths.guest_cmdline().read_text().strip()
-        results["raw qemu boot to power-off"] = raw_boot_seconds(
-            kernel, initrd, cmdline, disk, REPEATS + 1)[1:]
+        self.results[f"raw qemu, {info['kernel']} kernel"] = raw_boot_seconds(
+            g / "vmlinuz", g / "initrd.img", cmdline, disk, REPEATS + 1,
+            bios=info["firmware"] or None, machine=info["machine"])[1:]
+        self.raw_key = f"raw qemu, {info['kernel']} kernel"
+        if info["kernel"] != "cloud":
+            stock = build_guest(self.work / "stock-guest", kernel="cloud")
+            sinfo = guest_boot(stock)
+            self.results["raw qemu, stock cloud kernel"] = raw_boot_seconds(
+                stock / "vmlinuz", stock / "initrd.img", (stock / "cmdline").read_text(), disk,
+                REPEATS + 1, bios=sinfo["firmware"] or None, machine=sinfo["machine"])[1:]
+        for rt in ("crun", "runc"):
+            if shutil.which(rt):
+                bundle = oci_bundle(self.images, self.work, ["true"])
+                self.results[f"{rt} run (namespaces)"] = series(
+                    lambda rt=rt, b=bundle: timed(runtime_cmd(rt, "run", "-b", str(b),
+                                                              f"hvb-{rt}")))
 
-        bundle = oci_bundle(images, work)
-        if shutil.which("crun"):
-            results["crun run (namespaces)"] = series(lambda: timed(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                 f"umount /sys/fs/cgroup/unified 2>/dev/null; crun run -b {bundle} hvb-crun"]))
-        if shutil.which("runc"):
-            results["runc run (namespaces)"] = series(
-                lambda: timed(["runc", "run", "-b", str(bundle), "hvb-runc"]))
-    finally:
-        subprocess.run([*hv, "ps", "-aq"], env=env, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+    def seam(self) -> None:
+        """exec latency and cp throughput, each against its baseline."""
+        from hv import paths
+        from hv.guest.attach import exec_command
 
-    med = {k: statistics.median(v) for k, v in results.items()}
+        self.run_hv("run", "-d", "--name", "hvb-seam", "busybox", "sleep", "3600")
+        self.results["hv exec c true"] = series(
+            lambda: timed([*self.hv, "exec", "hvb-seam", "true"], env=self.env, cwd=REPO))
+        for rt in ("crun", "runc"):
+            if not shutil.which(rt):
+                continue
+            bundle = oci_bundle(self.images, self.work, ["sleep", "3600"])
+            cid = f"hvb-exec-{rt}"
+            subprocess.run(runtime_cmd(rt, "run", "-d", "-b", str(bundle), cid), check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # the container keeps its stdio
+            try:
+                self.results[f"{rt} exec c true"] = series(
+                    lambda rt=rt, cid=cid: timed(runtime_cmd(rt, "exec", cid, "true")))
+            finally:
+                subprocess.run(runtime_cmd(rt, "delete", "-f", cid), capture_output=True)
+
+        blob = self.work / "blob"
+        with open(blob, "wb") as f:
+            f.write(os.urandom(CP_MB * 1024 * 1024))
+        self.results[f"hv cp {CP_MB} MB into c"] = series(
+            lambda: timed([*self.hv, "cp", str(blob), "hvb-seam:/tmp/blob"], env=self.env,
+                          cwd=REPO), repeats=max(3, REPEATS // 2))
+        cid = self.run_hv("inspect", "-f", "{{.Id}}", "hvb-seam").stdout.strip()
+        known = self.work / "known_hosts"
+        port = paths.container_ssh_port(cid).read_text().strip()
+        known.write_text(f"[127.0.0.1]:{port} {paths.container_host_key(cid).read_text()}")
+        ssh = ["ssh", "-q", "-i", str(paths.container_client_key(cid)), "-p", port,
+               "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+               "-o", "BatchMode=yes", "root@127.0.0.1",
+               exec_command(["sh", "-c", "cat > /tmp/blob-ssh"])]
+
+        def openssh() -> float:
+            with open(blob, "rb") as f:
+                return timed(ssh, stdin=f)
+
+        self.results[f"OpenSSH cat > f, {CP_MB} MB"] = series(openssh,
+                                                              repeats=max(3, REPEATS // 2))
+        self.run_hv("rm", "-f", "hvb-seam")
+
+    def memory(self) -> None:
+        from hv import paths
+
+        names = [f"hvb-idle-{i}" for i in range(IDLE)]
+        started = 0
+        try:
+            for n in names:
+                self.run_hv("run", "-d", "--name", n, "busybox", "sleep", "3600")
+                started += 1
+            time.sleep(3)
+            rss = []
+            for n in names:
+                pid = int((paths.libvirt_root() / "run" / "qemu" / f"{n}.pid").read_text())
+                rss.append(rss_mb(pid))
+            self.results["idle container QEMU RSS (MB)"] = rss
+            alive = self.run_hv("ps", "-q", "-f", "name=hvb-idle").stdout.split()
+            self.notes.append(f"{len(alive)} of {IDLE} idle containers running at once")
+        finally:
+            if started:
+                self.run_hv("rm", "-f", *names[:started])
+
+    def close(self) -> None:
+        subprocess.run([*self.hv, "ps", "-aq"], env=self.env, capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def report(b: Bench, accel) -> None:
+    med = {k: statistics.median(v) for k, v in b.results.items()}
     print(f"machine: {machine()}")
     print(f"accelerator: {accel.name} ({accel.reason})")
-    print(f"repeats: {REPEATS} (median, min-max)")
+    print(f"repeats: {REPEATS} (median, min-max)\n")
+    for k, v in b.results.items():
+        unit = "MB" if "(MB)" in k else "ms"
+        scale = 1 if unit == "MB" else 1000
+        print(f"  {k:34s} {med[k]*scale:9.0f} {unit}  ({min(v)*scale:.0f}-{max(v)*scale:.0f})")
     print()
-    for k, v in results.items():
-        print(f"  {k:32s} {med[k]*1000:8.0f} ms   ({min(v)*1000:.0f}-{max(v)*1000:.0f})")
-    print()
-    hv_t = med["hv run --rm busybox true"]
-    raw = med["raw qemu boot to power-off"]
-    print(f"  hv / raw qemu: {hv_t / raw:.2f}   (target <= 1.10)")
-    for k in ("crun run (namespaces)", "runc run (namespaces)"):
-        if k in med:
-            print(f"  hv / {k.split()[0]}: {hv_t / med[k]:.0f}x")
+
+    def ratio(a: str, b_: str, label: str, target: str = "") -> None:
+        if a in med and b_ in med and med[b_]:
+            print(f"  {label:34s} {med[a] / med[b_]:9.2f}  {target}")
+
+    hv_run = "hv run --rm busybox true"
+    ratio(hv_run, b.raw_key, "hv run / raw qemu (same kernel)", "(target <= 1.10)")
+    ratio(hv_run, "raw qemu, stock cloud kernel", "hv run / raw qemu stock kernel",
+          "(target <= 0.50)")
+    ratio(hv_run, "crun run (namespaces)", "hv run / crun run")
+    ratio(hv_run, "runc run (namespaces)", "hv run / runc run")
+    ratio("hv exec c true", "crun exec c true", "hv exec / crun exec")
+    ratio("hv exec c true", "runc exec c true", "hv exec / runc exec")
+    cp, ssh = f"hv cp {CP_MB} MB into c", f"OpenSSH cat > f, {CP_MB} MB"
+    if cp in med and ssh in med:
+        print(f"  {'hv cp throughput / OpenSSH':34s} {med[ssh] / med[cp]:9.2f}  (target >= 0.8)")
+    for note in b.notes:
+        print(f"  {note}")
+
+
+def main() -> int:
+    from hv.runtime.accel import detect
+
+    sections = (os.environ.get("HV_BENCH_ONLY") or "boot,seam,memory").split(",")
+    b = Bench()
+    try:
+        accel = detect()
+        if "boot" in sections:
+            b.boot()
+        elif "seam" in sections or "memory" in sections:
+            b.run_hv("load", "-i", str(b.images / "busybox.oci.tar"))
+            b.raw_key = ""
+        if "seam" in sections:
+            b.seam()
+        if "memory" in sections:
+            b.memory()
+    finally:
+        b.close()
+    report(b, accel)
     return 0
 
 

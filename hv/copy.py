@@ -59,7 +59,7 @@ def copy_out(agent, cname: str, src: str, dest: str | BinaryIO, follow: bool,
         where = posixpath.dirname(src) or "/"
         raise NotFound(f"Could not find the file {src} in container {cname}",
                        hint=f"check the path with 'hv exec {cname} ls -la {where}'")
-    ch = agent.open(session_command("tar-out", "1" if follow else "0", src))
+    ch = agent.open(session_command("tar-out", "1" if follow else "0", src), bulk=True)
     ch.shutdown_write()
     stream = ch.makefile("rb", BUF)
     try:
@@ -184,7 +184,7 @@ def copy_in(agent, cname: str, src: str | BinaryIO, dest: str, follow: bool,
             raise CopyError(f"destination {dest} must be a directory to extract a tar stream",
                             hint="give an existing directory in the container")
         target_dir, arc = dest, ""
-    ch = agent.open(session_command("tar-in", target_dir))
+    ch = agent.open(session_command("tar-in", target_dir), bulk=True)
     err: list[BaseException] = []
 
     def produce() -> None:
