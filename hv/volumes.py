@@ -144,9 +144,11 @@ def _create_locked(name: str, anonymous: bool, labels: dict | None = None
     return vol, True
 
 
-def create(name: str | None = None, labels: dict | None = None) -> Volume:
-    """`hv volume create [NAME]`: an existing volume is returned as is (Docker does so)."""
-    anonymous = not name
+def create(name: str | None = None, labels: dict | None = None, anonymous: bool = False
+           ) -> Volume:
+    """`hv volume create [NAME]`: an existing volume is returned as is (Docker does so).
+    Without a name it gets a random one but is not anonymous: as in Docker, only volumes a
+    container made for itself are (and only those are pruned without `-a`)."""
     name = check_volume_name(name) if name else secrets.token_hex(32)
     with locked():
         return _create_locked(name, anonymous, labels)[0]

@@ -129,7 +129,7 @@ def test_create_is_idempotent_and_versioned(root):
     assert meta["version"] == volumes.SCHEMA_VERSION and meta["anonymous"] is False
     assert (root / "volumes/data/_data").is_dir()
     anon = volumes.create()
-    assert len(anon.name) == 64 and anon.anonymous
+    assert len(anon.name) == 64 and not anon.anonymous  # `volume create` without a name
     assert [x.name for x in volumes.list_volumes()] == sorted(["data", anon.name])
     assert not [p for p in (root / "volumes").iterdir() if p.name.startswith(".new-")]
     doc = volumes.get("data").inspect()
@@ -160,7 +160,7 @@ def test_rm_refuses_in_use_even_with_force(root):
 
 def test_prune_anonymous_unless_all(root):
     volumes.create("named")
-    anon_used, anon_free = volumes.create(), volumes.create()
+    anon_used, anon_free = volumes.create(anonymous=True), volumes.create(anonymous=True)
     _use("c1", anon_used.name, anonymous=True)
     (anon_free.mountpoint / "f").write_bytes(b"x" * 10000)
     removed, freed = volumes.prune()
@@ -172,7 +172,7 @@ def test_prune_anonymous_unless_all(root):
 
 def test_remove_anonymous_keeps_named_and_used(root):
     volumes.create("named")
-    a, b = volumes.create(), volumes.create()
+    a, b = volumes.create(anonymous=True), volumes.create(anonymous=True)
     _use("other", b.name, anonymous=True)
     assert volumes.remove_anonymous(["named", a.name, b.name]) == [a.name]
 
