@@ -110,6 +110,11 @@ def test_exec_exit_codes(hv, shared):
     assert p.returncode == 1 and "No such container" in p.stderr
 
 
+def test_exec_detached_keeps_running(hv, shared):
+    assert hv("exec", "-d", shared, "sh", "-c", "sleep 1; touch /tmp/exec-d").returncode == 0
+    hv.wait_for(lambda: hv("exec", shared, "test", "-e", "/tmp/exec-d").returncode == 0, 30)
+
+
 def test_exec_stdin_is_streamed(hv, shared):
     data = "".join(f"line {i}\n" for i in range(2000))
     p = hv("exec", "-i", shared, "sh", "-c", "wc -l; md5sum", input=data)
