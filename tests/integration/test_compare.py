@@ -33,37 +33,51 @@ ISOLATION_KEYS = {"kernel", "same_kernel_as_host", "hostname", "hypervisor_flag"
                   "device_names"}
 
 
-def _pids_with(needle: bytes) -> list[int]:
+def _pids_with(needle: bytes, root: Path | None = None) -> list[int]:
+    """Processes whose cmdline has `needle` and, with `root`, that belong to that hv root (its
+    path in their cmdline or environment, or their root directory under it): other sessions
+    may run hv compare on this host at the same time."""
     found = []
     for p in Path("/proc").iterdir():
-        if p.name.isdigit() and int(p.name) != os.getpid():
-            try:
-                if needle in (p / "cmdline").read_bytes():
-                    found.append(int(p.name))
-            except OSError:
-                pass
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            if needle not in (p / "cmdline").read_bytes():
+                continue
+            if root is not None:
+                mine = str(root).encode()
+                if not (mine in (p / "cmdline").read_bytes() or mine in
+                        (p / "environ").read_bytes() or
+                        os.readlink(p / "root").startswith(str(root))):
+                    continue
+        except OSError:
+            continue
+        found.append(int(p.name))
     return found
 
 
-def _oci_containers() -> list[str]:
+def _oci_containers(root: Path) -> list[str]:
     names = []
     for rt in ("crun", "runc"):
         if shutil.which(rt):
-            out = subprocess.run([rt, "list", "-q"], capture_output=True, text=True).stdout
-            names += [n for n in out.split() if n.startswith("hvcmp-")]
+            out = subprocess.run([rt, "list", "--format", "json"], capture_output=True,
+                                 text=True).stdout
+            for c in json.loads(out or "null") or []:
+                if c.get("id", "").startswith("hvcmp-") and str(root) in c.get("bundle", ""):
+                    names.append(c["id"])
     return names
 
 
 def assert_nothing_left(hv, hv_root: Path) -> None:
     deadline = time.monotonic() + 10
-    while _pids_with(b"guest=hvcmp-") and time.monotonic() < deadline:
+    while _pids_with(b"guest=hvcmp-", hv_root) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _pids_with(b"guest=hvcmp-"), "a compare VM's QEMU is still running"
-    assert not _pids_with(b"hvcmp-marker-"), "the host marker process outlived compare"
-    assert not _pids_with(b"@@hvcmp"), "a workload (process or container) outlived compare"
+    assert not _pids_with(b"guest=hvcmp-", hv_root), "a compare VM's QEMU is still running"
+    assert not _pids_with(b"hvcmp-marker-", hv_root), "the host marker outlived compare"
+    assert not _pids_with(b"@@hvcmp", hv_root), "a workload (process or container) outlived it"
     names = hv("ps", "-a", "--format", "{{.Names}}", check=True).stdout.split()
     assert not [n for n in names if n.startswith("hvcmp-")], names
-    assert _oci_containers() == []
+    assert _oci_containers(hv_root) == []
     tmp = hv_root / "tmp"
     assert not list(tmp.glob("compare-*")) if tmp.exists() else True
 
@@ -287,7 +301,7 @@ def test_ctrl_c_during_the_vm_leaves_nothing(hv, busybox, hv_root):
     proc = hv.popen("compare", busybox, *QUICK, "--only", "process,vm", stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     out = _Stderr(proc)
-    code, err = _interrupt_when(hv, proc, out, lambda: _pids_with(b"guest=hvcmp-"))
+    code, err = _interrupt_when(hv, proc, out, lambda: _pids_with(b"guest=hvcmp-", hv_root))
     assert code == 130, err
     assert "interrupted" in err
     assert_nothing_left(hv, hv_root)
@@ -302,8 +316,11 @@ def test_ctrl_c_during_a_namespace_column_leaves_nothing(hv, busybox, hv_root, c
     out = _Stderr(proc)
 
     def computing() -> bool:
-        return any(f"{column}: workload" in line for line in out.lines) and bool(
-            _pids_with(b"@@hvcmp")) and (column == "process" or bool(_oci_containers()))
+        if not any(f"{column}: workload" in line for line in out.lines):
+            return False
+        if column == "container":  # its processes' root is not a path of ours
+            return bool(_oci_containers(hv_root))
+        return bool(_pids_with(b"@@hvcmp", hv_root))
 
     code, err = _interrupt_when(hv, proc, out, computing)
     assert code == 130, err
