@@ -173,6 +173,10 @@ def wait_reaped(name: str, timeout: float = 5.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # ours when a foreground run adopted it
+        except ChildProcessError:
+            pass
         time.sleep(0.02)
 
 
