@@ -710,10 +710,9 @@ def _wait_gone(engine: Engine, c: Container, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
         time.sleep(POLL)
-    # A QEMU we adopted is a zombie whose last threads may still be exiting (seen with a
-    # vhost-user virtiofs device): it can only be reaped once they are gone.
-    while _reap_children() and time.monotonic() < deadline:
-        time.sleep(POLL)
+    _reap_children()
+    # a QEMU we adopted may be a zombie whose last threads are still exiting (seen with a
+    # vhost-user virtiofs device): wait_reaped reaps it once they are gone
     wait_reaped(c.name)
 
 
@@ -731,29 +730,14 @@ def _become_subreaper() -> None:
         pass
 
 
-def _reap_children() -> bool:
-    """Reap exited children; True while a child is a zombie that cannot be reaped yet."""
+def _reap_children() -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return False
+            return
         if pid == 0:
-            return _zombie_child()
-
-
-def _zombie_child() -> bool:
-    me = str(os.getpid())
-    for task in os.listdir("/proc"):
-        if task.isdigit():
-            try:
-                with open(f"/proc/{task}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] == "Z" and fields[1] == me:
-                return True
-    return False
+            return
 
 
 class _LineSplitter:

@@ -63,6 +63,23 @@ def guest_machine() -> Path:
 
 
 def libvirt_root() -> Path:
+    """The embedded libvirt's root, as libvirt is given it.
+
+    QEMU's monitor socket lives ~60 characters below it and UNIX socket paths stop at 107,
+    so a long state root is reached through a short symlink in the temp folder instead.
+    """
+    real = libvirt_root_dir()
+    if len(str(real)) <= 44:
+        return real
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(real).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hv-libvirt-{tag}"
+
+
+def libvirt_root_dir() -> Path:
+    """Where the embedded libvirt's files really are."""
     return state_root() / "libvirt"
 
 

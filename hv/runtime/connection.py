@@ -45,7 +45,15 @@ def is_embedded(u: str | None = None) -> bool:
 
 
 def _prepare_embed_root() -> None:
-    conf = paths.libvirt_root() / "etc" / "qemu.conf"
+    real, root = paths.libvirt_root_dir(), paths.libvirt_root()
+    if root != real:  # a short symlink for a long state root (socket path limit)
+        real.mkdir(parents=True, exist_ok=True)
+        if not root.is_symlink() or os.readlink(root) != str(real):
+            tmp = root.with_name(root.name + f".{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(real)
+            tmp.replace(root)
+    conf = real / "etc" / "qemu.conf"
     if not conf.exists() or conf.read_text() != QEMU_CONF:
         conf.parent.mkdir(parents=True, exist_ok=True)
         tmp = conf.with_suffix(".tmp")

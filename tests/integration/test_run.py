@@ -210,3 +210,24 @@ def test_state_survives_without_a_watcher(hv, busybox):
     assert hv("wait", cid, check=True).stdout == "5\n"
     hv("rm", cid, check=True)
     assert cid not in container_dirs(hv)
+
+
+def test_hv_kernel_and_accelerator_notice(hv, test_images_dir, tmp_path):
+    """The guest runs hv's own kernel with nothing to load; TCG is announced once per root."""
+    from hv import paths
+    from hv.runtime.accel import detect
+
+    fresh = {"HV_ROOT": str(tmp_path / "root")}
+    hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), env=fresh, check=True)
+    p = hv("run", "--rm", "busybox", "sh", "-c", "uname -r; test -e /proc/modules; echo $?",
+           env=fresh)
+    assert p.returncode == 0, p.stderr
+    release, modules = p.stdout.split()
+    kind = (paths.guest_dir() / "kernel").read_text().strip()
+    if kind == "hv":
+        assert release == (paths.guest_dir() / "release").read_text().strip()
+        assert release.endswith("-hv") and modules == "1"  # CONFIG_MODULES=n: no /proc/modules
+    if detect().name == "tcg":
+        assert "TCG" in p.stderr
+        again = hv("run", "--rm", "busybox", "true", env=fresh)
+        assert "TCG" not in again.stderr  # said once, plainly
