@@ -166,3 +166,14 @@ def apply_template(fmt: str, doc: dict) -> str:
         return str(cur)
 
     return _FIELD.sub(value, fmt.replace("\\t", "\t").replace("\\n", "\n"))
+
+
+def write_inspect(docs: list[dict], fmt: str | None) -> None:
+    """`inspect`'s output: a JSON array, or the template applied to each document."""
+    import sys
+
+    if fmt:
+        for doc in docs:
+            sys.stdout.write(apply_template(fmt, doc) + "\n")
+    else:
+        sys.stdout.write(json.dumps(docs, indent=4) + "\n")

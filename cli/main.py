@@ -239,9 +239,8 @@ def inspect(
     type: Annotated[str | None, typer.Option("--type", help="container or image")] = None,
 ) -> None:
     """Low-level information on containers and images, as JSON."""
-    import json
 
-    from cli.containers_view import apply_template
+    from cli.containers_view import write_inspect
     from hv.errors import HvError, NotFound
 
     engine = _engine()
@@ -266,11 +265,7 @@ def inspect(
             failed = True
             continue
         docs.append(doc)
-    if format:
-        for doc in docs:
-            sys.stdout.write(apply_template(format, doc) + "\n")
-    else:
-        sys.stdout.write(json.dumps(docs, indent=4) + "\n")
+    write_inspect(docs, format)
     if failed:
         raise typer.Exit(1)
 

@@ -129,9 +129,8 @@ def inspect(
     format: Annotated[str | None, typer.Option("-f", "--format", help="Go template")] = None,
 ) -> None:
     """Display detailed information on volumes."""
-    import json
 
-    from cli.containers_view import apply_template
+    from cli.containers_view import write_inspect
     from cli.errors import print_error
     from hv import volumes
     from hv.errors import HvError
@@ -143,11 +142,7 @@ def inspect(
         except HvError as e:
             print_error(e)
             failed = True
-    if format:
-        for doc in docs:
-            sys.stdout.write(apply_template(format, doc) + "\n")
-    else:
-        sys.stdout.write(json.dumps(docs, indent=4) + "\n")
+    write_inspect(docs, format)
     if failed:
         raise typer.Exit(1)
 

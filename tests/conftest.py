@@ -57,7 +57,8 @@ def hv_root():
     assert not stray_virtiofsd, f"virtiofsd processes outlived the suite: {stray_virtiofsd}"
 
 
-def _qemu_pids(root: Path) -> list[int]:
+def _pids(binary: bytes, root: Path) -> list[int]:
+    """Processes of `binary` whose command line names a path under `root`."""
     pids = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -66,9 +67,13 @@ def _qemu_pids(root: Path) -> list[int]:
             cmd = (p / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmd and str(root).encode() in cmd:
+        if binary in cmd and str(root).encode() in cmd:
             pids.append(int(p.name))
     return pids
+
+
+def _qemu_pids(root: Path) -> list[int]:
+    return _pids(b"qemu-system", root)
 
 
 def _virtiofsd_pids(root: Path, grace: float = 3.0) -> list[int]:
@@ -76,16 +81,7 @@ def _virtiofsd_pids(root: Path, grace: float = 3.0) -> list[int]:
     still alive `grace` seconds on: each one exits when its QEMU does."""
     deadline = time.monotonic() + grace
     while True:
-        pids = []
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                cmd = (p / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"virtiofsd" in cmd and str(root).encode() in cmd:
-                pids.append(int(p.name))
+        pids = _pids(b"virtiofsd", root)
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.1)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hv.guest.logstream import HEADER
+from hv.guest.logstream import HEADER, LogDecoder
 
 STDIN = 0
 STDOUT = 1
@@ -61,28 +61,17 @@ def resize_frame(rows: int, cols: int) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder of attach frames: feed bytes as they come, get whole frames."""
+    """Incremental decoder of attach frames (hv.log's framing, so LogDecoder does the work)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._records = LogDecoder()
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        out: list[Frame] = []
-        pos = 0
-        while len(self._buf) - pos >= HEADER.size:
-            type_, length, ts = HEADER.unpack_from(self._buf, pos)
-            end = pos + HEADER.size + length
-            if len(self._buf) < end:
-                break
-            out.append(Frame(type_, ts, bytes(self._buf[pos + HEADER.size : end])))
-            pos = end
-        del self._buf[:pos]
-        return out
+        return [Frame(r.stream, r.ts_ns, r.data) for r in self._records.feed(data)]
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return self._records.pending
 
 
 def exit_code(frame: Frame) -> int:
