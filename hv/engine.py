@@ -136,11 +136,14 @@ class Engine:
 
         mount_specs = mounts.parse_all(opts.volumes, opts.mounts)
         volumes.check_sources(mount_specs)
+        from hv import ports
+
+        published = [ports.parse(p) for p in opts.publish]
+        assets = _guest_assets()  # every flag and the guest checked before any download
         image = self._image_for_run(opts.image, progress)
         proc = process_spec(image.run_config, opts)
         mount_specs = volumes.with_image_volumes(mount_specs, image.run_config)
         transport = volumes.transport() if mount_specs else None
-        assets = _guest_assets()
 
         from hv import names
         from hv.runtime.accel import detect
@@ -162,9 +165,6 @@ class Engine:
         if accel.name == "tcg":
             self._notice_once("accel", f"KVM is not usable here ({accel.reason}); "
                               "guests run under TCG software emulation, which is slower.")
-        from hv import ports
-
-        published = [ports.parse(p) for p in opts.publish]
         if opts.publish_all:
             published += ports.exposed(image.run_config)
         cid = secrets.token_hex(32)

@@ -185,6 +185,8 @@ def test_killed_qemu_shows_exited_and_rm_cleans(hv, busybox):
     (["-e", "=bad"], "invalid environment variable"),
     (["--name", "bad name!"], "Invalid container name"),
     (["-w", "relative"], "absolute path"),
+    (["-p", "99999:80"], "invalid port"),
+    (["--restart", "sometimes"], "invalid restart policy"),
 ])
 def test_bad_flags_leave_nothing(hv, busybox, flags, message):
     before_dirs, before_names = container_dirs(hv), names(hv)
