@@ -30,7 +30,6 @@ from hv.errors import (
     GuestAssetsMissing,
     HvError,
     ImageNotFound,
-    Interrupted,
     RuntimeFailure,
     UsageError,
 )
@@ -77,9 +76,7 @@ class Engine:
         found = []
         for info in list_domains():
             try:
-                from hv.containers import Record as _R
-
-                record = _R.from_dict(info.record)
+                record = Record.from_dict(info.record)
             except TypeError:
                 continue
             active = info.active and (not embedded or running(info.name))
@@ -705,12 +702,13 @@ def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:
 
 
 def _wait_gone(engine: Engine, c: Container, timeout: float = 10.0) -> None:
+    from hv.runtime.connection import reap_children
     from hv.runtime.domains import wait_reaped
 
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
         time.sleep(POLL)
-    _reap_children()
+    reap_children()
     # a QEMU we adopted may be a zombie whose last threads are still exiting (seen with a
     # vhost-user virtiofs device): wait_reaped reaps it once they are gone
     wait_reaped(c.name)
@@ -728,16 +726,6 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass
-
-
-def _reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 class _LineSplitter:
@@ -787,5 +775,3 @@ def _not_ready(c: Container, what: str) -> HvError:
         hint=f"read the guest console log: {paths.container_console(c.id)}",
     )
 
-
-__all__ = ["Engine", "LogLine", "Interrupted"]

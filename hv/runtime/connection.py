@@ -200,20 +200,26 @@ def _collect(r: int, pid: int) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-            while True:
-                try:
-                    reaped, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if reaped == 0:
-                    break
-                child_done = child_done or reaped == pid
+            child_done = pid in reap_children() or child_done
     if not child_done:
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
     return b"".join(chunks)
+
+
+def reap_children() -> list[int]:
+    """Reap every exited child (adopted QEMUs included) without blocking; their pids."""
+    reaped = []
+    while True:
+        try:
+            child, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if child == 0:
+            return reaped
+        reaped.append(child)
 
 
 def first_line(text: str) -> str:
