@@ -53,6 +53,9 @@ def _prepare_embed_root() -> None:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(real)
             tmp.replace(root)
+    from hv.runtime import capscache
+
+    capscache.trim(real)
     conf = real / "etc" / "qemu.conf"
     if not conf.exists() or conf.read_text() != QEMU_CONF:
         conf.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,7 @@ def call(fn, *args):
     import pickle
 
     paths.state_root().mkdir(parents=True, exist_ok=True)
+    libvirt_module()  # imported once here, inherited by every child
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
