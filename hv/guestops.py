@@ -38,11 +38,27 @@ def parse_signal(text: str) -> int:
     raise UsageError(f"invalid signal: {text}", hint="use a name like SIGTERM, TERM or a number")
 
 
-def connect_agent(c: Container, timeout: float = 90.0):
-    from hv.guest.agent import Agent, endpoint
+def connect_agent(c: Container, timeout: float = 90.0, direct: bool = False,
+                  spawn: bool = True):
+    """An agent for `c`: `open(command, pty)`, `call(command, stdin, timeout)`, `close()`.
 
+    Normally one that goes through the container's exec multiplexer (hv.guest.mux: one SSH
+    transport kept per container, so no handshake and no paramiko import here), started if
+    there is none (`spawn`; without, a direct connection is made instead: for one-off calls
+    to a container about to go down). `direct` (or HV_MUX=0): a paramiko Agent of its own,
+    for callers that need its transport or endpoint (cp).
+    """
     if not c.active:
         raise not_running(c)
+    if not direct:
+        from hv.guest import mux
+
+        if mux.enabled():
+            agent = mux.connect(c.id, timeout=timeout, spawn=spawn)
+            if agent is not None:
+                return agent
+    from hv.guest.agent import Agent, endpoint
+
     return Agent.connect(endpoint(c.id), timeout=timeout)
 
 
@@ -56,16 +72,20 @@ def _send_ctrl_alt_del(conn, name: str) -> bool:
         return False
 
 
-def wait_powered_off(c: Container, timeout: float) -> bool:
-    """Wait for the guest to power off by itself (True) or the deadline (False)."""
+def wait_powered_off(c: Container, timeout: float, reap: bool = True) -> bool:
+    """Wait for the guest to power off by itself (True) or the deadline (False).
+
+    `reap`: and for its QEMU to leave the process table (init may reap it a second later;
+    a `start` waits for that itself)."""
     from hv.runtime.domains import running, wait_reaped
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not running(c.name):
-            wait_reaped(c.name)
+            if reap:
+                wait_reaped(c.name)
             return True
-        time.sleep(0.05)
+        time.sleep(0.02 if not reap else 0.05)
     return False
 
 
@@ -86,13 +106,18 @@ def kill(c: Container, signum: int) -> None:
     if not c.active:
         raise not_running(c, "kill")
     if signum == _signal.SIGKILL:
-        # the agent syncs the disk before powering off; power off hard only if it cannot
+        from hv.runtime.domains import destroy
+
+        # the agent syncs the disk before powering off; power off hard only if it cannot.
+        # As Docker's, `kill` returns once the container is down (a `start` right after it
+        # must not find the dying guest still "running").
         try:
             _signal_main(c, signum)
         except HvError:
-            from hv.runtime.domains import destroy
-
             destroy(c.name)
+        if not wait_powered_off(c, 10, reap=False):
+            destroy(c.name)
+            wait_powered_off(c, 10)
         return
     _signal_main(c, signum)
 
@@ -100,7 +125,8 @@ def kill(c: Container, signum: int) -> None:
 def _signal_main(c: Container, signum: int) -> None:
     from hv.guest.attach import session_command
 
-    agent = connect_agent(c, timeout=30)
+    # the multiplexer if one runs; none is started for a container that may be going down
+    agent = connect_agent(c, timeout=30, spawn=False)
     try:
         code, _out, err = agent.call(session_command("signal", str(signum)), timeout=30)
     finally:

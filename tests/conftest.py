@@ -47,6 +47,10 @@ def hv_root():
     for pid in stray_virtiofsd:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    stray_mux = _mux_pids(root)
+    for pid in stray_mux:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(root, ignore_errors=True)
     for k, v in old.items():
         if v is None:
@@ -55,6 +59,7 @@ def hv_root():
             os.environ[k] = v
     assert not leftovers, f"QEMU processes outlived the suite: {leftovers}"
     assert not stray_virtiofsd, f"virtiofsd processes outlived the suite: {stray_virtiofsd}"
+    assert not stray_mux, f"exec multiplexers outlived the suite: {stray_mux}"
 
 
 def _pids(binary: bytes, root: Path) -> list[int]:
@@ -82,6 +87,17 @@ def _virtiofsd_pids(root: Path, grace: float = 3.0) -> list[int]:
     deadline = time.monotonic() + grace
     while True:
         pids = _pids(b"virtiofsd", root)
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def _mux_pids(root: Path, grace: float = 3.0) -> list[int]:
+    """Exec multiplexers (`python -m hv.guest.mux ROOT/containers/ID`) of `root` still alive
+    `grace` seconds on: each one exits when its guest's SSH connection closes."""
+    deadline = time.monotonic() + grace
+    while True:
+        pids = _pids(b"hv.guest.mux", root)
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.1)
