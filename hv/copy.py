@@ -17,11 +17,11 @@ import os
 import posixpath
 import stat as st
 import tarfile
-import threading
 from pathlib import Path
 from typing import BinaryIO
 
 from hv.errors import HvError, NotFound, UsageError
+from hv.guest import bulk
 
 BUF = 1 << 20
 
@@ -59,27 +59,24 @@ def copy_out(agent, cname: str, src: str, dest: str | BinaryIO, follow: bool,
         where = posixpath.dirname(src) or "/"
         raise NotFound(f"Could not find the file {src} in container {cname}",
                        hint=f"check the path with 'hv exec {cname} ls -la {where}'")
-    ch = agent.open(session_command("tar-out", "1" if follow else "0", src), bulk=True)
-    ch.shutdown_write()
-    stream = ch.makefile("rb", BUF)
-    try:
-        if not isinstance(dest, str):  # `-`: the raw tar on stdout
-            while chunk := stream.read(BUF):
-                dest.write(chunk)
-            _check(ch, "tar-out")
-            return
-        _extract_out(stream, s, src, Path(dest), archive)
+    cmd = session_command("tar-out", "1" if follow else "0", src)
+    size = None if s.type == "d" else s.size
+    with bulk.open_stream(agent, cname, cmd, write=False, size=size) as ch:
+        try:
+            if not isinstance(dest, str):  # `-`: the raw tar on stdout
+                while chunk := ch.stdout.read(BUF):
+                    dest.write(chunk)
+            else:
+                _extract_out(ch.stdout, s, src, Path(dest), archive)
+        except tarfile.TarError as e:
+            _check(ch, "tar-out")  # a session that failed explains the broken archive
+            raise CopyError(f"the guest sent a broken archive for {src}: {e}") from None
         _check(ch, "tar-out")
-    finally:
-        ch.close()
 
 
 def _check(ch, what: str) -> None:
-    code = ch.recv_exit_status()
+    code, err = ch.finish()
     if code != 0:
-        err = b""
-        while ch.recv_stderr_ready():
-            err += ch.recv_stderr(65536)
         raise CopyError(f"{what} failed in the guest: {err.decode(errors='replace').strip()}")
 
 
@@ -184,35 +181,52 @@ def copy_in(agent, cname: str, src: str | BinaryIO, dest: str, follow: bool,
             raise CopyError(f"destination {dest} must be a directory to extract a tar stream",
                             hint="give an existing directory in the container")
         target_dir, arc = dest, ""
-    ch = agent.open(session_command("tar-in", target_dir), bulk=True)
     err: list[BaseException] = []
-
-    def produce() -> None:
+    size = _tree_size(Path(src), follow) if isinstance(src, str) else None
+    cmd = session_command("tar-in", target_dir)
+    with bulk.open_stream(agent, cname, cmd, write=True, size=size) as ch:
         try:
-            with ch.makefile("wb", BUF) as w:
-                if isinstance(src, str):
-                    _write_tar(w, Path(src), arc, follow, archive)
-                else:
-                    while chunk := src.read(BUF):
-                        w.write(chunk)
-            ch.shutdown_write()
+            if isinstance(src, str):
+                _write_tar(ch.stdin, Path(src), arc, follow, archive)
+            else:
+                while chunk := src.read(BUF):
+                    ch.stdin.write(chunk)
+        except BrokenPipeError as e:  # the session ended early: its status and stderr say why
+            err.append(e)
         except BaseException as e:  # noqa: BLE001 - surfaced below
             err.append(e)
-            ch.close()
-
-    t = threading.Thread(target=produce, daemon=True)
-    t.start()
-    t.join()
-    code = ch.recv_exit_status()
-    out = b""
-    while ch.recv_stderr_ready():
-        out += ch.recv_stderr(65536)
-    ch.close()
+            ch.abort()  # a half-sent archive is not extracted to the end
+        code, out = ch.finish()
+    if code == 0 and err and isinstance(err[0], BrokenPipeError):
+        err.clear()  # the guest's tar read the archive's end and stopped before the padding
     if err and not isinstance(err[0], OSError):
         raise err[0]
     if code != 0 or err:
         why = out.decode(errors="replace").strip() or str(err[0] if err else "")
         raise CopyError(f"copying into {cname}:{dest} failed: {why}")
+
+
+def _tree_size(src: Path, follow: bool, limit: int = bulk.SSH_FROM) -> int:
+    """About how many bytes the tar of SRC takes, counted up to LIMIT: enough to choose the
+    bulk path (what cannot be read is for the copy itself to report)."""
+    stat = os.stat if follow else os.lstat
+    try:
+        top = stat(src)
+    except OSError:
+        return 0
+    if not st.S_ISDIR(top.st_mode):
+        return 1024 + top.st_size
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=follow):
+        total += 512 * len(dirnames)
+        for n in filenames:
+            try:
+                total += 512 + stat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+        if total >= limit:
+            break
+    return total
 
 
 def _write_tar(w, src: Path, arc: str, follow: bool, archive: bool) -> None:

@@ -44,8 +44,9 @@ def endpoint(cid: str) -> Endpoint:
 class Agent:
     """One authenticated SSH transport to a container's agent."""
 
-    def __init__(self, transport) -> None:
+    def __init__(self, transport, endpoint: Endpoint | None = None) -> None:
         self.transport = transport
+        self.endpoint = endpoint  # what a bulk copy (hv.guest.bulk) needs: container id, port
 
     @classmethod
     def connect(cls, ep: Endpoint, timeout: float = 60.0) -> Agent:
@@ -91,7 +92,7 @@ class Agent:
                     t.close()
                     raise AgentUnreachable(
                         "the agent refused the container's client key", hint=hint) from None
-                return cls(t)
+                return cls(t, ep)
             except HvError:
                 raise
             except (OSError, EOFError, paramiko.SSHException):
@@ -103,15 +104,15 @@ class Agent:
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.5)
 
-    def open(self, command: str, pty: tuple[str, int, int] | None = None, bulk: bool = False):
+    def open(self, command: str, pty: tuple[str, int, int] | None = None):
         """A channel running `command` (optionally on a PTY of (TERM, cols, rows)).
 
-        `bulk` channels (cp) get a 16 MiB window, so the sender is not stalled every 2 MiB.
+        Bulk copies do not come here: they run over OpenSSH (hv.guest.bulk).
         """
         import paramiko
 
         try:
-            ch = self.transport.open_session(window_size=16 << 20 if bulk else None)
+            ch = self.transport.open_session()
             if pty is not None:
                 term, cols, rows = pty
                 ch.get_pty(term=term, width=cols, height=rows)
