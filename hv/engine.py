@@ -111,6 +111,11 @@ class Engine:
         for d in root.iterdir():
             if d.name in live_ids:
                 continue
+            if d.name.startswith("."):  # being created (see _new_container_dir)
+                with contextlib.suppress(OSError):
+                    if time.time() - d.stat().st_mtime > 3600:
+                        shutil.rmtree(d, ignore_errors=True)  # left by a crash
+                continue
             with _container_lock(d.name, exclusive=True, wait=False) as got:
                 if got:
                     _remove_container_dir(d.name, anonymous_volumes=True)
@@ -175,8 +180,13 @@ class Engine:
             stdin_open=opts.interactive, restart=policy.to_text(),
         )
         cdir = paths.container_dir(cid)
-        cdir.mkdir(parents=True)
+        held = _new_container_dir(cid)
         attached = None
+        from hv.runtime.connection import Opened
+
+        # libvirt opens in a child while the disk and seed are made (not while a first
+        # base disk is built: that can take long, and the open holds the root's lock)
+        opened = Opened() if paths.base_disk(image.id).exists() else None
         try:
             with _container_lock(cid, exclusive=False):
                 if mount_specs:
@@ -187,17 +197,21 @@ class Engine:
                 self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
                                  first_boot=True)
                 xml = _domain_xml(record, accel, assets)
-                self._boot(record, xml=xml)
+                self._boot(record, xml=xml, via=opened)
         except BaseException:
             shutil.rmtree(cdir, ignore_errors=True)
             if attached is not None:
                 attached.undo()  # volumes and -v folders this run made
             raise
+        finally:
+            os.close(held)
+            if opened is not None:
+                opened.close()
         if policy.name != "no":
             restart.spawn_watcher(cid)
         return Container(record, True)
 
-    def _boot(self, record: Record, xml: str | None = None) -> None:
+    def _boot(self, record: Record, xml: str | None = None, via=None) -> None:
         """Start the domain (defining it from `xml` the first time), then its forwards."""
         from hv.runtime import domains, forwards
 
@@ -206,18 +220,14 @@ class Engine:
         for f in (paths.container_ssh_port(cid), paths.container_ports(cid)):
             f.unlink(missing_ok=True)
         paths.container_started(cid).write_text(f"{time.time():.9f}")
+        wanted = [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
+            forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
+            for p in record.ports]
         if xml is not None:
-            domains.start(xml, record.name, persistent=not record.auto_remove)
+            bound = domains.start(xml, record.name, persistent=not record.auto_remove,
+                                  forwards=wanted, via=via)
         else:
-            domains.start_defined(record.name)
-        try:
-            wanted = [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
-                forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
-                for p in record.ports]
-            bound = forwards.add(record.name, wanted)
-        except BaseException:
-            domains.destroy(record.name, undefine=xml is not None)
-            raise
+            bound = domains.start_defined(record.name, forwards=wanted)
         paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
         paths.container_ports(cid).write_text(json.dumps([
             dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
@@ -314,18 +324,25 @@ class Engine:
 
         log_path = paths.container_log(c.id)
         status_path = paths.container_status(c.id)
+        from hv.runtime.domains import qemu_exit_fd
+
         decoder = LogDecoder()
         offset = 0
-        with _container_lock(c.id, exclusive=False):
-            while True:
-                offset = _pump(log_path, offset, decoder, on_line)
-                st = read_status(status_path)
-                if st.exit_code is not None or not self._alive(c):
-                    _wait_gone(self, c)
-                    _pump(log_path, offset, decoder, on_line)
+        exit_fd = qemu_exit_fd(c.name)  # power-off wakes us at once, output is polled
+        try:
+            with _container_lock(c.id, exclusive=False):
+                while True:
+                    offset = _pump(log_path, offset, decoder, on_line)
                     st = read_status(status_path)
-                    break
-                time.sleep(POLL)
+                    if st.exit_code is not None or not self._alive(c):
+                        _wait_gone(self, c, exit_fd)
+                        _pump(log_path, offset, decoder, on_line)
+                        st = read_status(status_path)
+                        break
+                    _wait_exit(exit_fd, POLL)
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
         if st.error is not None:
             raise _exec_error(st.error_code, st.error)
         return 137 if st.exit_code is None else st.exit_code
@@ -377,6 +394,9 @@ class Engine:
         c = self.container(ref)
         if not c.active:
             raise guestops.not_running(c)
+        if c.paused:  # its sessions would hang until unpaused
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec",
+                           hint=f"hv unpause {c.name}")
         if not argv:
             raise UsageError("exec needs a command", hint="hv exec CONTAINER COMMAND [ARG...]")
         extra = []
@@ -400,15 +420,22 @@ class Engine:
         if not c.active:
             raise Conflict("You cannot attach to a stopped container, start it first",
                            hint=f"hv start -a {c.name}")
+        if c.paused:
+            raise Conflict("You cannot attach to a paused container, unpause it first",
+                           hint=f"hv unpause {c.name}")
         agent = guestops.connect_agent(c)
         return c, agent, agent.open(session_command("attach"))
 
     def stop(self, ref: str, timeout: int = 10) -> Container:
         from hv import guestops, restart
+        from hv.guest import mux
 
         c = self.container(ref)
         restart.mark_user_stop(c.id)
-        guestops.stop(c, timeout)
+        try:
+            guestops.stop(c, timeout)
+        finally:
+            mux.stop(c.id)  # it exits with the guest anyway; never outlive a stop
         return c
 
     def start(self, ref: str, watch: bool = True) -> Container:
@@ -438,6 +465,10 @@ class Engine:
         if c.active:
             restart.mark_user_stop(c.id)
         guestops.kill(c, signum)
+        if signum == 9:  # SIGKILL: the guest is down; other signals may leave it running
+            from hv.guest import mux
+
+            mux.stop(c.id)
         return c
 
     def pause(self, ref: str, paused: bool = True) -> Container:
@@ -485,7 +516,9 @@ class Engine:
 
     @contextlib.contextmanager
     def _agent_for_copy(self, c: Container):
-        """The running agent, or the stopped container booted in maintenance mode."""
+        """The running agent (through its exec multiplexer: `stat` and small copies ride it,
+        big ones go over `ssh`, hv.guest.bulk), or the stopped container booted in
+        maintenance mode (a direct connection: that VM is gone again after the copy)."""
         from hv import guestops
         from hv.runtime import domains, forwards
 
@@ -507,7 +540,7 @@ class Engine:
             try:
                 bound = forwards.add(c.name, [forwards.Forward("tcp", "127.0.0.1", 0, 22)])
                 paths.container_ssh_port(c.id).write_text(str(bound[0].host_port))
-                agent = guestops.connect_agent(Container(c.record, True))
+                agent = guestops.connect_agent(Container(c.record, True), direct=True)
                 try:
                     yield agent
                 finally:
@@ -538,18 +571,22 @@ class Engine:
 
     def _discard(self, c: Container, volumes: bool = False) -> None:
         from hv import restart
+        from hv.guest import mux
         from hv.runtime.domains import destroy
 
         restart.mark_user_stop(c.id)
         destroy(c.name, undefine=True)
+        mux.stop(c.id)
         # `--rm` takes its anonymous volumes along, as Docker's does
         _remove_container_dir(c.id, anonymous_volumes=volumes or c.record.auto_remove)
 
     def stop_now(self, c: Container) -> None:
         """Ctrl-C on a foreground run: power the VM off now (and `--rm` removes it)."""
+        from hv.guest import mux
         from hv.runtime.domains import destroy
 
         destroy(c.name, undefine=c.record.auto_remove)
+        mux.stop(c.id)
         if c.record.auto_remove:
             _remove_container_dir(c.id, anonymous_volumes=True)
 
@@ -562,9 +599,18 @@ class Engine:
         return Container(c.record, False).state().exit_code
 
     def finish_run(self, c: Container) -> None:
-        """After a foreground run ended: `--rm` removes the container."""
-        if c.record.auto_remove:
+        """After a foreground run ended: `--rm` removes the container.
+
+        A transient domain whose QEMU is gone needs no libvirt call (~30 ms on every
+        `run --rm`): libvirt drops it at its next connection, and hv's listing already
+        treats it as gone. With volumes the call stays, to end their virtiofsd at once.
+        """
+        if not c.record.auto_remove:
+            return
+        if c.record.volumes or self._alive(c):
             self._discard(c)
+        else:
+            _remove_container_dir(c.id, anonymous_volumes=True)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -579,6 +625,7 @@ class GuestAssets:
     cmdline: str
     machine: str = "pc"
     firmware: Path | None = None
+    agent_disk: Path | None = None  # sshd + libraries, read-only, shared (older guests: none)
 
 
 def _guest_assets() -> GuestAssets:
@@ -593,8 +640,10 @@ def _guest_assets() -> GuestAssets:
             return default
 
     firmware = os.environ.get("HV_FIRMWARE") or text(paths.guest_firmware(), "")
+    agent = paths.guest_agent_disk()
     return GuestAssets(kernel, initrd, text(paths.guest_cmdline(), "console=ttyS0 panic=-1"),
-                       text(paths.guest_machine(), "pc"), Path(firmware) if firmware else None)
+                       text(paths.guest_machine(), "pc"), Path(firmware) if firmware else None,
+                       agent if agent.exists() else None)
 
 
 def _make_overlay(base: Path, disk: Path) -> None:
@@ -610,11 +659,25 @@ def _make_overlay(base: Path, disk: Path) -> None:
 
 
 def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
-    from hv.runtime.domain import Disk, DomainSpec, FileChannel, FileSerial, Rng, UserNetwork
+    from hv.runtime.domain import (
+        Balloon,
+        Disk,
+        DomainSpec,
+        FileChannel,
+        FileSerial,
+        MemoryBacking,
+        Rng,
+        UserNetwork,
+    )
     from hv.volumes import domain_devices
 
     cid = record.id
     filesystems, memory_backing = domain_devices(record.volumes)
+    if memory_backing is None and accel.domain_type == "qemu":
+        # Under TCG, guest RAM in a memfd (4 KiB shmem pages) rather than anonymous memory
+        # that QEMU madvises for transparent huge pages: a page the guest touches costs 4 KiB,
+        # not 2 MiB (idle RSS -5 MiB, boot time unchanged). KVM keeps THP for its EPT.
+        memory_backing = MemoryBacking()
     uuid = f"{cid[:8]}-{cid[8:12]}-{cid[12:16]}-{cid[16:20]}-{cid[20:32]}"
     return DomainSpec(
         name=record.name,
@@ -626,14 +689,19 @@ def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
         memory_mib=record.memory_mib,
         vcpus=record.vcpus,
         domain_type=accel.domain_type,
-        # TCG's translation cache defaults to 1 GiB; 32 MiB keeps idle RSS ~20 MB lower
-        # with no measurable boot cost (16 MiB thrashes: boots take 3x longer)
-        tb_cache_mib=int(os.environ.get("HV_TB_CACHE_MIB", "32")) or None,
+        # TCG's translation cache defaults to 1 GiB, of which a boot fills ~42 MiB (and keeps
+        # it resident). 40 MiB: boots as fast as the default (the one flush comes as the guest
+        # powers off) and idle RSS is ~10 MiB lower; 32-36 MiB flush mid-boot (+0.1 s);
+        # 16 MiB thrashes (boots take 3x longer). guest-images/README.md has the numbers.
+        tb_cache_mib=int(os.environ.get("HV_TB_CACHE_MIB", "40")) or None,
         loader=assets.firmware,
         disks=[
             Disk(paths.container_disk(cid), serial="hv-root", target="vda"),
             Disk(paths.container_seed(cid), serial="hv-seed", target="vdb", fmt="raw",
                  readonly=True),
+            # the agent's /usr (sshd): one read-only file for every VM, paged in on use
+            *([Disk(assets.agent_disk, serial="hv-agent", target="vdc", fmt="raw",
+                    readonly=True)] if assets.agent_disk else []),
         ],
         channels=[
             FileChannel("hv.log", paths.container_log(cid), append=True),
@@ -642,6 +710,7 @@ def _domain_xml(record: Record, accel, assets: GuestAssets) -> str:
         serial=FileSerial(paths.container_console(cid)),
         network=UserNetwork(),
         rng=Rng(),
+        balloon=Balloon(),  # free page reporting: what the guest frees goes back to the host
         filesystems=filesystems,
         memory_backing=memory_backing,
         metadata=record.to_dict(),
@@ -654,6 +723,23 @@ def _guest_mounts(record: Record, first_boot: bool):
     from hv.volumes import guest_mounts
 
     return guest_mounts(record.volumes, first_boot) if record.volumes else None
+
+
+def _new_container_dir(cid: str) -> int:
+    """Make the container's folder with its lock already held (shared); the lock's fd.
+
+    The folder is made under a dot-name, locked, then renamed into place: garbage
+    collection (any concurrent `ps`) skips dot-names and cannot take the lock of a folder
+    whose domain does not exist yet.
+    """
+    cdir = paths.container_dir(cid)
+    staging = cdir.with_name("." + cid)
+    staging.mkdir(parents=True)
+    fd = os.open(staging / paths.container_lock(cid).name,
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    staging.rename(cdir)
+    return fd
 
 
 def _remove_container_dir(cid: str, anonymous_volumes: bool) -> None:
@@ -701,13 +787,24 @@ def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:
     return offset + len(data)
 
 
-def _wait_gone(engine: Engine, c: Container, timeout: float = 10.0) -> None:
+def _wait_exit(exit_fd: int | None, timeout: float) -> None:
+    """Sleep `timeout`, or less when the QEMU behind `exit_fd` (a pidfd) exits."""
+    if exit_fd is None:
+        time.sleep(timeout)
+    else:
+        import select
+
+        select.select([exit_fd], [], [], timeout)
+
+
+def _wait_gone(engine: Engine, c: Container, exit_fd: int | None = None,
+               timeout: float = 10.0) -> None:
     from hv.runtime.connection import reap_children
     from hv.runtime.domains import wait_reaped
 
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
-        time.sleep(POLL)
+        _wait_exit(exit_fd, POLL)
     reap_children()
     # a QEMU we adopted may be a zombie whose last threads are still exiting (seen with a
     # vhost-user virtiofs device): wait_reaped reaps it once they are gone

@@ -45,6 +45,11 @@ def guest_initrd() -> Path:
     return guest_dir() / "initrd.img"
 
 
+def guest_agent_disk() -> Path:
+    """The agent's read-only disk (sshd and its libraries), shared by every VM."""
+    return guest_dir() / "agent.img"
+
+
 def guest_cmdline() -> Path:
     return guest_dir() / "cmdline"
 
@@ -198,6 +203,11 @@ def container_host_key(cid: str) -> Path:
     return container_dir(cid) / "host_key.pub"
 
 
+def container_known_hosts(cid: str) -> Path:
+    """The pinned host key as OpenSSH's known_hosts line, for cp's bulk streams."""
+    return container_dir(cid) / "known_hosts"
+
+
 def container_ssh_port(cid: str) -> Path:
     """The loopback host port forwarded to the agent's sshd while the container runs."""
     return container_dir(cid) / "ssh-port"
@@ -244,3 +254,30 @@ def container_mounts(cid: str) -> Path:
     a container uses is read from here, so a volume in use is never removed, even while
     the container is being created or after its domain vanished (`--rm -d`)."""
     return container_dir(cid) / "mounts.json"
+
+
+# --- the exec multiplexer (hv.guest.mux) -------------------------------------------------
+
+
+def container_mux_socket(cid: str) -> Path:
+    """The UNIX socket of the container's exec multiplexer (one SSH transport, many sessions).
+
+    Often longer than a socket path may be (107 bytes): hv.guest.mux binds and connects
+    through /proc/self/fd/DIRFD/ instead of this path."""
+    return container_dir(cid) / "mux.sock"
+
+
+def container_mux_pid(cid: str) -> Path:
+    """The pid of the multiplexer now serving the socket (written by the multiplexer)."""
+    return container_dir(cid) / "mux.pid"
+
+
+def container_mux_lock(cid: str) -> Path:
+    """Held while a client starts a multiplexer, so two `hv exec` never start two; its
+    existence also says a multiplexer was ever started for the container."""
+    return container_dir(cid) / "mux.lock"
+
+
+def container_mux_log(cid: str) -> Path:
+    """The multiplexer's log: start, readiness, exit and why, tracebacks."""
+    return container_dir(cid) / "mux.log"

@@ -146,43 +146,98 @@ def call(fn, *args):
 
     The result and any HvError come back pickled; anything else becomes a RuntimeFailure.
     """
-    if not is_embedded():
-        with connect() as conn:
-            return fn(conn, *args)
+    return Opened().call(fn, *args)
+
+
+class Opened:
+    """A connection being opened now, for one call later.
+
+    On an embedded root the child forks and opens libvirt (its lock, driver start-up and
+    a reconnect to running QEMUs: ~30 ms) while the caller goes on preparing what the call
+    needs (a `run`'s disk and seed); `call` then sends the function over a pipe. A daemon
+    URI connects when `call` is made. `close` (or a garbage-collected, unused one) lets the
+    child go without doing anything.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0
+        if not is_embedded():
+            return
+        paths.state_root().mkdir(parents=True, exist_ok=True)
+        libvirt_module()  # imported once here, inherited by every child
+        req_r, self._req = os.pipe()
+        self._res, res_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # child: never returns
+            os.close(self._req)
+            os.close(self._res)
+            _serve_one(req_r, res_w)
+        os.close(req_r)
+        os.close(res_w)
+
+    def call(self, fn, *args):
+        import pickle
+
+        if not self.pid:
+            with connect() as conn:
+                return fn(conn, *args)
+        pid, self.pid = self.pid, 0
+        try:
+            with os.fdopen(self._req, "wb") as f:
+                f.write(pickle.dumps((fn, args)))
+        except BrokenPipeError:
+            pass  # the child died; _collect says so
+        data = _collect(self._res, pid)
+        if not data:
+            raise RuntimeFailure("the libvirt helper process died",
+                                 hint=f"read {paths.libvirt_log()}")
+        ok, value = pickle.loads(data)
+        if ok:
+            return value
+        raise value
+
+    def close(self) -> None:
+        if self.pid:
+            pid, self.pid = self.pid, 0
+            os.close(self._req)
+            _collect(self._res, pid)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _serve_one(req_r: int, res_w: int) -> None:
+    """The child of `Opened`: connect, run the one request that comes (if any), answer."""
     import pickle
 
-    paths.state_root().mkdir(parents=True, exist_ok=True)
-    libvirt_module()  # imported once here, inherited by every child
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        os.close(r)
-        try:
-            with connect() as conn:
-                payload = (True, fn(conn, *args))
-        except BaseException as e:  # noqa: BLE001 - everything must reach the parent
-            from hv.errors import HvError
+    from hv.errors import HvError
 
-            if not isinstance(e, HvError):
-                why = first_line(str(e)) or type(e).__name__
-                e = RuntimeFailure(f"libvirt operation failed: {why}")
-            payload = (False, e)
-        try:
-            data = pickle.dumps(payload)
-        except Exception:  # noqa: BLE001
-            data = pickle.dumps((False, RuntimeFailure("libvirt operation returned bad data")))
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(0)
-    os.close(w)
-    data = _collect(r, pid)
-    if not data:
-        raise RuntimeFailure("the libvirt helper process died",
-                             hint=f"read {paths.libvirt_log()}")
-    ok, value = pickle.loads(data)
-    if ok:
-        return value
-    raise value
+    def read_request():
+        with os.fdopen(req_r, "rb") as f:
+            data = f.read()
+        return pickle.loads(data) if data else None
+
+    try:
+        with connect() as conn:
+            request = read_request()
+            if request is not None:
+                fn, args = request
+                payload = (True, fn(conn, *args))
+        if request is None:
+            os._exit(0)  # not needed after all
+    except BaseException as e:  # noqa: BLE001 - everything must reach the parent
+        if not isinstance(e, HvError):
+            why = first_line(str(e)) or type(e).__name__
+            e = RuntimeFailure(f"libvirt operation failed: {why}")
+        payload = (False, e)
+    try:
+        data = pickle.dumps(payload)
+    except Exception:  # noqa: BLE001
+        data = pickle.dumps((False, RuntimeFailure("libvirt operation returned bad data")))
+    with os.fdopen(res_w, "wb") as f:
+        f.write(data)
+    os._exit(0)
 
 
 def _collect(r: int, pid: int) -> bytes:

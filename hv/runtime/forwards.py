@@ -47,6 +47,12 @@ def _add(conn, name: str, forwards: list[Forward]) -> list[Forward]:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError as e:
         raise RuntimeFailure(f"cannot find the VM {name}: {first_line(str(e))}") from None
+    return add_on(dom, forwards)
+
+
+def add_on(dom, forwards: list[Forward]) -> list[Forward]:
+    """Add forwards to a running domain object (inside a libvirt call)."""
+    libvirt = libvirt_module()
     done: list[Forward] = []
     for fw in forwards:
         before = set(parse_usernet(_hmp(dom, "info usernet")))

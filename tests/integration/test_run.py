@@ -233,3 +233,45 @@ def test_hv_kernel_and_accelerator_notice(hv, test_images_dir, tmp_path):
         assert "TCG" in p.stderr
         again = hv("run", "--rm", "busybox", "true", env=fresh)
         assert "TCG" not in again.stderr  # said once, plainly
+
+
+def test_listing_reads_without_libvirt_lock(hv, busybox):
+    """ps, inspect and exec's lookup read the embedded root's files: a command holding the
+    root (here: its queue lock, held by the test) does not stall them."""
+    import fcntl
+
+    name = "lockfree"
+    hv("run", "-d", "--name", name, busybox, "sleep", "600", check=True)
+    try:
+        lock = _libvirt_root_of(hv.root) / "hv.lock"
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            p = hv("ps", "--format", "{{.Names}} {{.Status}}", timeout=20)
+            q = hv("inspect", "-f", "{{.State.Running}}", name, timeout=20)
+        assert p.returncode == 0 and f"{name} Up" in p.stdout, p.stderr
+        assert q.returncode == 0 and q.stdout.strip() == "true", q.stderr
+    finally:
+        hv("rm", "-f", name)
+
+
+def test_capability_cache_is_trimmed(hv, busybox):
+    """The flag that makes libvirt verify the guest CPU with ~400 QMP calls is gone from
+    the embedded root's cache once a VM was started, and VMs still start."""
+    caps = list((_libvirt_root_of(hv.root) / "cache" / "qemu" / "capabilities").glob("*.xml"))
+    assert caps, "no capability cache in the embedded root"
+    assert all(b"cpu-unavailable-features" not in c.read_bytes() for c in caps)
+    p = hv("run", "--rm", busybox, "echo", "still boots")
+    assert p.returncode == 0 and p.stdout == "still boots\n", p.stderr
+
+
+def _libvirt_root_of(state_root):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from hv import paths; print(paths.libvirt_root_dir())"],
+        env=dict(os.environ, HV_ROOT=str(state_root)), capture_output=True, text=True,
+        check=True)
+    from pathlib import Path
+
+    return Path(out.stdout.strip())
