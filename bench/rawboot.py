@@ -1,7 +1,10 @@
 """Raw QEMU boot-to-poweroff of a `true` container: the floor `hv run` is compared against.
 
 No libvirt: qemu-system-x86_64 with the devices of hv's domain contract (direct kernel boot,
-virtio-blk root + seed, virtio-serial hv.log / hv.status, virtio-net on user networking), TCG.
+virtio-blk root + seed + the shared read-only agent disk, virtio-serial hv.log / hv.status,
+virtio-net on user networking, virtio-rng), TCG. The seed carries what an `hv run` seed carries
+(a client authorized key and an ssh host key, a hostname), so the guest starts its sshd just
+as it does under hv: the floor includes the agent's real work.
 
     python bench/rawboot.py [--repeats N]            # kernels x firmware x machine, medians
     python bench/rawboot.py --compress --rss         # + initramfs compressions, idle QEMU RSS
@@ -33,6 +36,22 @@ REPO = Path(__file__).resolve().parent.parent
 QEMU = "qemu-system-x86_64"
 QBOOT = "/usr/share/qemu/qboot.rom"
 MICROVM = "microvm"
+AGENT_IMG = "agent.img"
+HV_TB_CACHE_MIB = 40  # hv's TCG translation cache (hv/engine.py `_domain_xml`)
+PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def seed_spec(name: str, argv: list[str]):
+    """The GuestSpec an `hv run` would write (hv/engine.py `_write_seed`): with a fresh client
+    key (authorized) and host key, so the guest starts its sshd as under hv."""
+    sys.path.insert(0, str(REPO))
+    from hv.guest import keys
+    from hv.guest.seed import GuestSpec
+
+    client, host = keys.generate(f"hv-{name}"), keys.generate(f"hv-{name}")
+    return GuestSpec(name, argv, [PATH_ENV, f"HOSTNAME={name}"], hostname=name,
+                     authorized_keys=client.public_line + "\n",
+                     ssh_host_key=host.private_openssh)  # fmt: skip
 
 
 def qemu_argv(
@@ -52,8 +71,20 @@ def qemu_argv(
     nic_rom: bool = False,
     monitor: Path | None = None,
     machine: str = "pc",
+    agent_disk: Path | bool = True,
+    rng: bool = True,
+    tb_cache_mib: int | None = None,
+    balloon: bool = True,
+    memfd: bool = True,
 ) -> list[str]:
     """The qemu command line of hv's guest contract (TCG, 1 vCPU).
+
+    `agent_disk`: the agent's read-only disk (sshd and its libraries, serial hv-agent);
+    True (the default) takes `agent.img` next to `initrd` when the guest has one, False
+    attaches none. `rng`: virtio-rng (hv's domains have one; sshd needs the entropy).
+    `tb_cache_mib`: TCG's translation cache (None: QEMU's default, 1 GiB). `balloon`:
+    virtio-balloon with free page reporting, and `memfd`: guest RAM in a shared memfd (no
+    transparent huge pages), as hv's domains have under TCG.
 
     `machine` "pc" (the default: PCI virtio devices) or "microvm" (`-M microvm,acpi=off`:
     virtio-mmio devices, which QEMU announces on the kernel command line itself; no PCI, no
@@ -63,9 +94,15 @@ def qemu_argv(
     """
     micro = machine.startswith(MICROVM)
     bus = "device" if micro else "pci"
+    if agent_disk is True:
+        agent_disk = Path(initrd).parent / AGENT_IMG
+        agent_disk = agent_disk if agent_disk.exists() else False
     argv = [
-        QEMU, "-M", "microvm,acpi=off" if machine == MICROVM else machine, "-accel", "tcg",
+        QEMU, "-M", "microvm,acpi=off" if machine == MICROVM else machine,
+        "-accel", "tcg" + (f",tb-size={tb_cache_mib}" if tb_cache_mib else ""),
         "-m", str(memory_mb), "-smp", "1",
+        *(["-object", f"memory-backend-memfd,id=ram0,size={memory_mb}M,share=on",
+           "-machine", "memory-backend=ram0"] if memfd else []),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-serial", f"file:{console}",
@@ -74,6 +111,11 @@ def qemu_argv(
         "-device", f"virtio-blk-{bus},drive=root,serial=hv-root",
         "-drive", f"if=none,id=seed,file={seed},format=raw,readonly=on",
         "-device", f"virtio-blk-{bus},drive=seed,serial=hv-seed",
+    ]  # fmt: skip
+    if agent_disk:
+        argv += ["-drive", f"if=none,id=agent,file={agent_disk},format=raw,readonly=on",
+                 "-device", f"virtio-blk-{bus},drive=agent,serial=hv-agent"]  # fmt: skip
+    argv += [
         "-device", f"virtio-serial-{bus}",
         "-chardev", f"file,id=log,path={log}",
         "-device", "virtserialport,chardev=log,name=hv.log",
@@ -91,6 +133,11 @@ def qemu_argv(
             "-device",
             f"virtio-net-{bus},netdev=net0" + ("" if nic_rom or micro else ",romfile="),
         ]
+    if rng:
+        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+                 "-device", f"virtio-rng-{bus},rng=rng0"]  # fmt: skip
+    if balloon:
+        argv += ["-device", f"virtio-balloon-{bus},free-page-reporting=on"]
     if bios and not micro:
         argv += ["-bios", bios]
     if monitor:
@@ -193,13 +240,13 @@ def raw_boot_times(
     """
     sys.path.insert(0, str(REPO))
     from hv.guest.logstream import read_status
-    from hv.guest.seed import GuestSpec, write_seed
+    from hv.guest.seed import write_seed
 
     times = []
     with tempfile.TemporaryDirectory(prefix="hv-rawboot.") as tmp:
         d = Path(tmp)
         seed = d / "seed.iso"
-        write_seed(seed, GuestSpec("rawboot", ["true"], ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]))
+        write_seed(seed, seed_spec("rawboot", ["true"]))
         for _ in range(repeats):
             status = d / "status"
             status.unlink(missing_ok=True)
@@ -234,17 +281,19 @@ def idle_rss_mb(
     bios: str | None = None,
     machine: str = "pc",
     settle: float = 3.0,
+    tb_cache_mib: int | None = None,
 ) -> float:
-    """QEMU's VmRSS (MB) with a container running `sleep 60`, `settle` s after it started."""
+    """QEMU's VmRSS (MiB) with a container running `sleep 60`, `settle` s after it started."""
     sys.path.insert(0, str(REPO))
-    from hv.guest.seed import GuestSpec, write_seed
+    from hv.guest.seed import write_seed
 
     with tempfile.TemporaryDirectory(prefix="hv-rawboot.") as tmp:
         d = Path(tmp)
         seed, status = d / "seed.iso", d / "status"
-        write_seed(seed, GuestSpec("idle", ["sleep", "60"], ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]))
+        write_seed(seed, seed_spec("idle", ["sleep", "60"]))
         argv = qemu_argv(kernel, initrd, cmdline, root_disk, seed, d / "log", status,
-                         d / "console.log", bios=bios, snapshot=True, machine=machine)  # fmt: skip
+                         d / "console.log", bios=bios, snapshot=True, machine=machine,
+                         tb_cache_mib=tb_cache_mib)  # fmt: skip
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -385,12 +434,16 @@ def main() -> int:
         if args.rss:
             for kind, (g, info) in guests.items():
                 for machine in ("pc", MICROVM) if kind == "hv" and not args.no_microvm else ("pc",):
-                    rss = [idle_rss_mb(g / "vmlinuz", g / "initrd.img", (g / "cmdline").read_text(),
-                                       disk, bios=info["firmware"] or None, machine=machine)
-                           for _ in range(3)]  # fmt: skip
-                    each = ", ".join(f"{r:.0f}" for r in rss)
-                    print(f"idle RSS ({kind}, {machine}, `sleep 60`, 512 MiB): "
-                          f"median {statistics.median(rss):.0f} MB ({each})")  # fmt: skip
+                    for tb in (None, HV_TB_CACHE_MIB):
+                        rss = [idle_rss_mb(g / "vmlinuz", g / "initrd.img",
+                                           (g / "cmdline").read_text(), disk,
+                                           bios=info["firmware"] or None, machine=machine,
+                                           tb_cache_mib=tb)
+                               for _ in range(3)]  # fmt: skip
+                        each = ", ".join(f"{r:.0f}" for r in rss)
+                        print(f"idle RSS ({kind}, {machine}, `sleep 60`, 512 MiB, TB cache "
+                              f"{f'{tb} MiB' if tb else 'default'}): "
+                              f"median {statistics.median(rss):.0f} MiB ({each})")  # fmt: skip
     return 0
 
 

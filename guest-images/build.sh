@@ -6,8 +6,11 @@
 # OUTDIR gets (the contract with the libvirt domain / raw qemu):
 #   vmlinuz     the kernel for direct kernel boot (-kernel, <os><kernel>): hv's own kernel as an
 #               uncompressed ELF vmlinux with a PVH entry note, or Debian's cloud bzImage
-#   initrd.img  the agent (a cpio: uncompressed for hv's kernel, lz4 for the cloud kernel);
-#               kernel modules only for the cloud kernel
+#   initrd.img  the agent's stage 1 (a cpio: uncompressed for hv's kernel, lz4 for the cloud
+#               kernel): init, hv-init, busybox, /etc; kernel modules only for the cloud kernel
+#   agent.img   the rest of the agent's root, mounted read-only at the guest's /usr before
+#               sshd starts: OpenSSH's sshd and its shared libraries (an ext4 image, no
+#               journal; attached to every VM as a read-only virtio-blk disk, serial hv-agent)
 #   cmdline     the kernel command line (one line, no newline)
 #   kernel      "hv" or "cloud": which kernel vmlinuz is
 #   firmware    the firmware ROM to boot with (-bios, <os><loader type='rom'>), or empty for
@@ -47,7 +50,7 @@ need_pkg() {
 		grep -q ' installed$' || die "package $1 is not installed (apt-get install $1)"
 	dpkg-query -W -f '${Package}=${Version}\n' "$1"
 }
-PKGS=$(for p in busybox-static openssh-server gcc libc6-dev cpio; do need_pkg "$p"; done)
+PKGS=$(for p in busybox-static openssh-server gcc libc6-dev cpio e2fsprogs; do need_pkg "$p"; done)
 
 # The kernel: hv's own (built or cached), else Debian's cloud kernel.
 case $KIND in hv | cloud) ;; *) die "HV_KERNEL=$KIND: use hv or cloud" ;; esac
@@ -94,7 +97,7 @@ if [ "$KIND" = hv ] && [ -r "$QBOOT" ]; then FIRMWARE=$QBOOT; fi
 HASH=$( (cat "$0"; find "$AGENT" -type f | LC_ALL=C sort | xargs cat
 	echo "$PKGS $COMPRESS $KIND $FIRMWARE $MACHINE") | sha256sum | cut -c1-16)
 ENTRY=$CACHE/guest/$HASH
-FILES="vmlinuz initrd.img cmdline kernel firmware machine release"
+FILES="vmlinuz initrd.img agent.img cmdline kernel firmware machine release"
 
 install_out() {
 	mkdir -p "$OUT"
@@ -111,7 +114,7 @@ WORK=$(mktemp -d "$CACHE/guest/.build.XXXXXX")
 chmod 0755 "$WORK"
 trap 'rm -rf "$WORK"; cleanup_k' EXIT
 R=$WORK/root
-mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,usr/sbin}
+mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,usr}
 
 # Stage 1 and stage 2 of the agent.
 install -m 0755 "$AGENT/init" "$R/init"
@@ -161,18 +164,26 @@ for m in $(grep -v '^#' "$AGENT/modules.list"); do
 done
 fi
 
-# OpenSSH's sshd with its shared libraries, the way initramfs-tools' copy_exec does (ldd).
+# OpenSSH's sshd with its shared libraries, the way initramfs-tools' copy_exec does (ldd), not
+# into the initramfs but into agent.img, the guest's read-only /usr: every byte of the
+# initramfs costs RAM three times over for the VM's whole life (QEMU's copy for fw_cfg, the
+# guest's copy, the unpacked rootfs), while a disk is only paged in as far as sshd touches it
+# and the host's page cache holds one copy for every VM. Paths are merged-/usr style: /usr/X
+# and /X both land at X on the disk (/usr/X in the guest); the ELF interpreter's /lib64 is a
+# link to usr/lib64 in the initramfs; ld.so finds the libraries in /usr/lib/<triplet>.
+A=$WORK/agent
+mkdir -p "$A"
 copy_exec() {
-	local src=$1 dst=$R${2:-$1} lib
-	mkdir -p "$(dirname "$dst")"
-	cp -L "$src" "$dst"
-	for lib in $(ldd "$src" | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^\s*\(\/[^ ]*\) .*/\1/p'); do
-		[ -e "$R$lib" ] && continue
-		mkdir -p "$R$(dirname "$lib")"
-		cp -L "$lib" "$R$lib"
+	local src=$1 f dst
+	for f in "$src" $(ldd "$src" | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^\s*\(\/[^ ]*\) .*/\1/p'); do
+		dst=$A${f#/usr}
+		[ -e "$dst" ] && continue
+		mkdir -p "$(dirname "$dst")"
+		cp -L "$f" "$dst"
 	done
 }
 copy_exec /usr/sbin/sshd
+ln -s usr/lib64 "$R/lib64"
 # root's login shell is hv-init itself (sshd runs `SHELL -c "hv-init --session"`), home "/";
 # sshd's privilege separation: user sshd, empty root-owned /run/sshd; tty: gid 5 for PTYs.
 printf 'root:x:0:0:root:/:/sbin/hv-init\nsshd:x:100:65534::/run/sshd:/bin/false\n' >"$R/etc/passwd"
@@ -198,6 +209,22 @@ esac
 rm -f "$WORK/initrd.cpio"
 rm -rf "$R"
 
+# agent.img: ext4 without a journal (mounted read-only), 4 KiB blocks, no reserved blocks, a
+# fixed UUID and hash seed and times at 0, sized to its content plus a little slack.
+find "$A" -exec touch -h -d @0 {} +
+KB=$(du -sk --apparent-size "$A" | cut -f1)
+E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -t ext4 -L hv-agent -b 4096 -m 0 -N 256 \
+	-O ^has_journal,^resize_inode -U 7f3c0e4a-5d1b-4c7e-9a6f-2b8d1e0c4a10 \
+	-E root_owner=0:0,hash_seed=2c5d1e7b-0a4f-4b8e-9c3d-6f1a2e5b7c90 \
+	-d "$A" "$WORK/agent.img" "$((KB * 11 / 10 / 1024 + 2))M" >/dev/null
+# mke2fs -d copies each file's ctime (the time of this build) and atime (reading the folders
+# above updated theirs): both to 0 too, so the same inputs give the same bytes.
+(cd "$A" && find . | sed 's|^\.||; s|^$|/|' | while read -r p; do
+	printf 'sif "%s" ctime 0\nsif "%s" atime 0\n' "$p" "$p"
+done) >"$WORK/times.debugfs"
+debugfs -w -f "$WORK/times.debugfs" "$WORK/agent.img" >/dev/null 2>&1
+rm -rf "$A" "$WORK/times.debugfs"
+
 cp "$KERNEL" "$WORK/vmlinuz"
 # Measured under TCG (see bench/rawboot.py and the report in guest-images/README.md).
 CMDLINE="console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check"
@@ -210,7 +237,7 @@ echo "$KIND" >"$WORK/kernel"
 if [ -n "$FIRMWARE" ]; then echo "$FIRMWARE"; fi >"$WORK/firmware" # empty: SeaBIOS
 echo "$MACHINE" >"$WORK/machine"
 echo "$KVER" >"$WORK/release"
-chmod 0644 "$WORK"/{vmlinuz,initrd.img,cmdline,kernel,firmware,machine,release}
+chmod 0644 "$WORK"/{vmlinuz,initrd.img,agent.img,cmdline,kernel,firmware,machine,release}
 
 trap cleanup_k EXIT
 if ! mv -T "$WORK" "$ENTRY" 2>/dev/null; then rm -rf "$WORK"; fi # lost a race: fine

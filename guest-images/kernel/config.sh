@@ -50,6 +50,12 @@ y KERNEL_GZIP                    # bzImage payload (tinyconfig's xz is slow to u
 n KERNEL_XZ
 y SLUB                           # tinyconfig's SLOB rules out kernel memory accounting (memcg)
 n SLOB
+# Every byte of the image costs each VM twice (QEMU keeps vmlinuz mapped for the VM's life, the
+# guest holds its copy): no ORC unwind tables (2.2 MB; oops traces are guessed from the stack
+# instead), no SLUB debugging code (the slub_debug= option).
+n UNWINDER_ORC
+y UNWINDER_GUESS
+n SLUB_DEBUG
 
 # --- Processor, platform, paravirtualisation --------------------------------------------------
 y 64BIT SMP
