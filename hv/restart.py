@@ -112,11 +112,14 @@ def watch(cid: str) -> None:
             return
         time.sleep(delay)
         delay = min(delay * 2, 60)
-        paths.container_dir(cid).joinpath("restarts").write_text(str(n + 1))
         try:
             engine.start(cid, watch=False)
         except Exception:  # noqa: BLE001 - try again after the back-off
             continue
+        finally:
+            # counted once the restart began, never before: an `inspect` in between must
+            # not pair the new count with the previous run's exit code
+            paths.container_dir(cid).joinpath("restarts").write_text(str(n + 1))
 
 
 if __name__ == "__main__":
