@@ -96,8 +96,6 @@ class Guest:
         )
         i = argv.index("user,id=net0")
         argv[i] = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
-        # Entropy for the guest's CRNG: without it sshd waits ~1 s in getrandom() at boot.
-        argv += ["-device", "virtio-rng-pci"]
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

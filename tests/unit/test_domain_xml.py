@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from hv.runtime.domain import (
+    Balloon,
     Disk,
     DomainSpec,
     FileChannel,
@@ -61,3 +62,25 @@ def test_devices():
     names = [c.find("target").get("name") for c in root.findall("devices/channel")]
     assert names == ["hv.log", "hv.status"]
     assert root.findtext("on_poweroff") == root.findtext("on_crash") == "destroy"
+
+
+def test_balloon_reports_free_pages_and_none_without():
+    assert ET.fromstring(make().to_xml()).find("devices/memballoon").get("model") == "none"
+    spec = make()
+    spec.balloon = Balloon()
+    el = ET.fromstring(spec.to_xml()).find("devices/memballoon")
+    assert el.get("model") == "virtio" and el.get("freePageReporting") == "on"
+
+
+def test_capability_cache_trim(tmp_path):
+    from hv.runtime import capscache
+
+    folder = tmp_path / "cache" / "qemu" / "capabilities"
+    folder.mkdir(parents=True)
+    f = folder / "x.xml"
+    f.write_text("<qemuCaps>\n  <flag name='kvm'/>\n  <flag name='cpu-unavailable-features'/>\n"
+                 "  <flag name='sdl'/>\n</qemuCaps>\n")
+    capscache.trim(tmp_path)
+    assert f.read_text() == "<qemuCaps>\n  <flag name='kvm'/>\n  <flag name='sdl'/>\n</qemuCaps>\n"
+    assert oct(f.stat().st_mode & 0o777) == "0o600"
+    capscache.trim(tmp_path / "nothing-here")  # no cache yet: nothing to do
