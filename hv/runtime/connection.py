@@ -53,6 +53,7 @@ def _prepare_embed_root() -> None:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(real)
             tmp.replace(root)
+            _prune_dangling(root)
     from hv.runtime import capscache
 
     capscache.trim(real)
@@ -62,6 +63,16 @@ def _prepare_embed_root() -> None:
         tmp = conf.with_suffix(".tmp")
         tmp.write_text(QEMU_CONF)
         tmp.replace(conf)
+
+
+def _prune_dangling(made: Path) -> None:
+    """Remove the short links of state roots that were deleted since (tests make many)."""
+    prefix = made.name.rsplit("-", 1)[0] + "-"
+    with contextlib.suppress(OSError):
+        for link in made.parent.iterdir():
+            if link.name.startswith(prefix) and link.is_symlink() and not link.exists():
+                with contextlib.suppress(OSError):
+                    link.unlink()
 
 
 _libvirt = None

@@ -233,6 +233,9 @@ def test_hv_kernel_and_accelerator_notice(hv, test_images_dir, tmp_path):
         assert "TCG" in p.stderr
         again = hv("run", "--rm", "busybox", "true", env=fresh)
         assert "TCG" not in again.stderr  # said once, plainly
+    link = _hv_path(fresh["HV_ROOT"], "libvirt_root")
+    if link.is_symlink():  # the long root reached libvirt through a short link in /tmp
+        link.unlink()
 
 
 def test_listing_reads_without_libvirt_lock(hv, busybox):
@@ -243,7 +246,7 @@ def test_listing_reads_without_libvirt_lock(hv, busybox):
     name = "lockfree"
     hv("run", "-d", "--name", name, busybox, "sleep", "600", check=True)
     try:
-        lock = _libvirt_root_of(hv.root) / "hv.lock"
+        lock = _hv_path(hv.root, "libvirt_root_dir") / "hv.lock"
         with open(lock, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             p = hv("ps", "--format", "{{.Names}} {{.Status}}", timeout=20)
@@ -257,21 +260,22 @@ def test_listing_reads_without_libvirt_lock(hv, busybox):
 def test_capability_cache_is_trimmed(hv, busybox):
     """The flag that makes libvirt verify the guest CPU with ~400 QMP calls is gone from
     the embedded root's cache once a VM was started, and VMs still start."""
-    caps = list((_libvirt_root_of(hv.root) / "cache" / "qemu" / "capabilities").glob("*.xml"))
+    cache = _hv_path(hv.root, "libvirt_root_dir") / "cache" / "qemu" / "capabilities"
+    caps = list(cache.glob("*.xml"))
     assert caps, "no capability cache in the embedded root"
     assert all(b"cpu-unavailable-features" not in c.read_bytes() for c in caps)
     p = hv("run", "--rm", busybox, "echo", "still boots")
     assert p.returncode == 0 and p.stdout == "still boots\n", p.stderr
 
 
-def _libvirt_root_of(state_root):
+def _hv_path(state_root, name: str):
+    """hv.paths.NAME() as a CLI with HV_ROOT=state_root sees it."""
     import subprocess
     import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", "from hv import paths; print(paths.libvirt_root_dir())"],
-        env=dict(os.environ, HV_ROOT=str(state_root)), capture_output=True, text=True,
-        check=True)
     from pathlib import Path
 
+    out = subprocess.run(
+        [sys.executable, "-c", f"from hv import paths; print(paths.{name}())"],
+        env=dict(os.environ, HV_ROOT=str(state_root)), capture_output=True, text=True,
+        check=True)
     return Path(out.stdout.strip())
