@@ -43,11 +43,11 @@ def hv_root():
     leftovers = _qemu_pids(root)
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)
-    stray_virtiofsd = _virtiofsd_pids(root)
+    stray_virtiofsd = _lingering(b"virtiofsd", root)
     for pid in stray_virtiofsd:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    stray_mux = _mux_pids(root)
+    stray_mux = _lingering(b"hv.guest.mux", root)
     for pid in stray_mux:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -81,23 +81,13 @@ def _qemu_pids(root: Path) -> list[int]:
     return _pids(b"qemu-system", root)
 
 
-def _virtiofsd_pids(root: Path, grace: float = 3.0) -> list[int]:
-    """virtiofsd serving a folder under `root` (tests keep every bind source there) that is
-    still alive `grace` seconds on: each one exits when its QEMU does."""
+def _lingering(binary: bytes, root: Path, grace: float = 3.0) -> list[int]:
+    """Processes of `binary` for `root` still alive `grace` seconds on: virtiofsd (tests keep
+    every bind source under the root) and exec multiplexers (`python -m hv.guest.mux
+    ROOT/containers/ID`) each exit by themselves when their QEMU / guest connection does."""
     deadline = time.monotonic() + grace
     while True:
-        pids = _pids(b"virtiofsd", root)
-        if not pids or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
-
-
-def _mux_pids(root: Path, grace: float = 3.0) -> list[int]:
-    """Exec multiplexers (`python -m hv.guest.mux ROOT/containers/ID`) of `root` still alive
-    `grace` seconds on: each one exits when its guest's SSH connection closes."""
-    deadline = time.monotonic() + grace
-    while True:
-        pids = _pids(b"hv.guest.mux", root)
+        pids = _pids(binary, root)
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.1)
