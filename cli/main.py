@@ -299,7 +299,8 @@ def exec_(
         code = pump_exec(ch, interactive=interactive, use_tty=tty)
     finally:
         agent.close()
-    raise typer.Exit(code)
+    # no status: the guest went away under the command (killed, stopped): 137, as Docker's
+    raise typer.Exit(137 if code < 0 else code)
 
 
 @app.command()

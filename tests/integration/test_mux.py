@@ -186,3 +186,20 @@ def test_multiplexer_exits_with_its_guest(hv, hv_root, busybox):
         assert "exiting: the SSH connection to the guest closed" in log
     finally:
         hv("rm", "-f", name)
+
+
+def test_exec_of_a_container_killed_under_it_exits_137(hv, busybox):
+    """The guest goes away while an exec runs: the exec ends, with Docker's 137."""
+    name = "hv-test-mux-killed"
+    hv("rm", "-f", name)
+    hv("run", "-d", "--name", name, busybox, "sleep", "3600", check=True)
+    try:
+        hv("exec", name, "true", check=True)  # the multiplexer is up
+        p = hv.popen("exec", name, "sleep", "300", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+        hv.wait_for(lambda: "sleep 300" in hv("top", name).stdout, 30, 0.2)
+        hv("kill", name, check=True)
+        _out, err = p.communicate(timeout=60)
+        assert p.returncode == 137, err
+    finally:
+        hv("rm", "-f", name)
