@@ -239,8 +239,12 @@ ET.register_namespace("qemu", QEMU_NS)
 
 def read_metadata(xml: str) -> dict | None:
     """The hv record of a domain's XML, or None for a domain hv did not create."""
-    root = ET.fromstring(xml)
-    el = root.find(f"metadata/{{{HV_NS}}}container")
+    return record_of(ET.fromstring(xml))
+
+
+def record_of(domain: ET.Element) -> dict | None:
+    """The hv record of a parsed <domain> element (see read_metadata)."""
+    el = domain.find(f"metadata/{{{HV_NS}}}container")
     if el is None or not el.text:
         return None
     try:

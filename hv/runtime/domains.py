@@ -7,14 +7,13 @@ embedded driver the root's lock is held only while it runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 
 from hv import paths
 from hv.errors import Conflict, RuntimeFailure
 from hv.runtime.connection import Opened, call, first_line, is_embedded, libvirt_module
-from hv.runtime.domain import HV_NS, read_metadata
+from hv.runtime.domain import read_metadata, record_of
 
 
 @dataclass
@@ -87,13 +86,9 @@ def _list_files() -> list[DomainInfo]:
             dom = tree.find("domain") if status else tree
             if dom is None:
                 continue
-            el = dom.find(f"metadata/{{{HV_NS}}}container")
-            if el is None or not el.text:
+            record = record_of(dom)
+            if record is None:
                 continue  # not hv's
-            try:
-                record = json.loads(el.text)
-            except ValueError:
-                record = {}
             name = dom.findtext("name") or fname[:-4]
             if not status:
                 found[name] = DomainInfo(name, dom.findtext("uuid") or "", False, True, record)

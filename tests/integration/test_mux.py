@@ -3,6 +3,7 @@ gone after stop / kill / rm -f, idle or a guest that powered off."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -50,13 +51,22 @@ def _cid(hv, name) -> str:
     return hv("inspect", "-f", "{{.Id}}", name, check=True).stdout.strip()
 
 
+@contextlib.contextmanager
+def _container(hv, name, image, *command):
+    """A detached container `name` running `command`, removed (-f) afterwards; its id."""
+    hv("rm", "-f", name)
+    hv("run", "-d", "--name", name, image, *command, check=True)
+    try:
+        yield _cid(hv, name)
+    finally:
+        hv("rm", "-f", name)
+
+
 @pytest.fixture(scope="module")
 def box(hv, busybox):
     name = "hv-test-mux"
-    hv("rm", "-f", name)
-    hv("run", "-d", "--name", name, busybox, "sleep", "3600", check=True)
-    yield name, _cid(hv, name)
-    hv("rm", "-f", name)
+    with _container(hv, name, busybox, "sleep", "3600") as cid:
+        yield name, cid
 
 
 def test_execs_share_one_multiplexer_and_skip_paramiko(hv, hv_root, box):
@@ -143,10 +153,7 @@ def test_an_idle_multiplexer_exits(hv, hv_root, box):
 
 def test_stop_kill_and_rm_leave_no_multiplexer(hv, hv_root, busybox):
     name = "hv-test-mux-life"
-    hv("rm", "-f", name)
-    hv("run", "-d", "--name", name, busybox, "sleep", "3600", check=True)
-    cid = _cid(hv, name)
-    try:
+    with _container(hv, name, busybox, "sleep", "3600") as cid:
         hv("exec", name, "true", check=True)
         assert _mux_pids(hv_root, cid)
         hv("stop", "-t", "1", name, check=True)
@@ -168,32 +175,23 @@ def test_stop_kill_and_rm_leave_no_multiplexer(hv, hv_root, busybox):
         assert _mux_pids(hv_root, cid) == []
         assert not os.path.exists(f"/proc/{pid}/cmdline") or \
             b"hv.guest.mux" not in open(f"/proc/{pid}/cmdline", "rb").read()
-    finally:
-        hv("rm", "-f", name)
 
 
 def test_multiplexer_exits_with_its_guest(hv, hv_root, busybox):
     name = "hv-test-mux-short"
-    hv("rm", "-f", name)
-    hv("run", "-d", "--name", name, busybox, "sleep", "4", check=True)
-    cid = _cid(hv, name)
-    try:
+    with _container(hv, name, busybox, "sleep", "4") as cid:
         hv("exec", name, "true", check=True)
         assert _mux_pids(hv_root, cid)
         assert hv("wait", name).stdout.strip() == "0"
         hv.wait_for(lambda: not _mux_pids(hv_root, cid), 10, 0.1)
         log = (_cdir(hv_root, cid) / "mux.log").read_text()
         assert "exiting: the SSH connection to the guest closed" in log
-    finally:
-        hv("rm", "-f", name)
 
 
 def test_exec_of_a_container_killed_under_it_exits_137(hv, busybox):
     """The guest goes away while an exec runs: the exec ends, with Docker's 137."""
     name = "hv-test-mux-killed"
-    hv("rm", "-f", name)
-    hv("run", "-d", "--name", name, busybox, "sleep", "3600", check=True)
-    try:
+    with _container(hv, name, busybox, "sleep", "3600"):
         hv("exec", name, "true", check=True)  # the multiplexer is up
         p = hv.popen("exec", name, "sleep", "300", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE)
@@ -201,5 +199,3 @@ def test_exec_of_a_container_killed_under_it_exits_137(hv, busybox):
         hv("kill", name, check=True)
         _out, err = p.communicate(timeout=60)
         assert p.returncode == 137, err
-    finally:
-        hv("rm", "-f", name)
