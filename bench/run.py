@@ -3,7 +3,10 @@
 Boot (issues 2 and 6)
 - hv:          `hv run --rm busybox true`, the whole CLI, wall time
 - raw qemu:    qemu-system-x86_64 booting the same kernel + initramfs + disk to power-off
-               (hv's floor: what is left is libvirt, disk/seed preparation and Python)
+               (hv's floor: what is left is libvirt, disk/seed preparation and Python),
+               run alternately with hv's; also its time to the agent's `exited` line
+- libvirt:     the same domain started by a warm process through libvirt, createXML to
+               QEMU's exit (bench/libvirt_floor.py): libvirt's share without hv's
 - stock:       the same raw boot with Debian's cloud kernel (the kernel hv had before)
 - crun/runc:   the same busybox rootfs as a namespace container (`crun run`, `runc run`)
 Guest seam (issue 3)
@@ -109,21 +112,52 @@ class Bench:
                               capture_output=True, text=True, **kw)
 
     def boot(self) -> None:
-        from bench.rawboot import build_guest, guest_boot, raw_boot_seconds
+        from bench.rawboot import build_guest, guest_boot, raw_boot_seconds, raw_boot_times
         from hv import paths
         from hv.images.store import ImageStore
 
         self.run_hv("load", "-i", str(self.images / "busybox.oci.tar"))
-        self.results["hv run --rm busybox true"] = series(
-            lambda: timed([*self.hv, "run", "--rm", "busybox", "true"], env=self.env, cwd=REPO))
         disk = paths.base_disk(ImageStore(paths.images_root()).get("busybox").id)
         g = paths.guest_dir()
         info = guest_boot(g)
         cmdline = paths.guest_cmdline().read_text().strip()
-        self.results[f"raw qemu, {info['kernel']} kernel"] = raw_boot_seconds(
-            g / "vmlinuz", g / "initrd.img", cmdline, disk, REPEATS + 1,
-            bios=info["firmware"] or None, machine=info["machine"])[1:]
         self.raw_key = f"raw qemu, {info['kernel']} kernel"
+        self.floor_key = "libvirt floor (createXML to exit)"
+
+        def hv_run() -> float:
+            return timed([*self.hv, "run", "--rm", "busybox", "true"], env=self.env, cwd=REPO)
+
+        def raw() -> tuple[float, float]:
+            return raw_boot_times(g / "vmlinuz", g / "initrd.img", cmdline, disk, 1,
+                                  bios=info["firmware"] or None, machine=info["machine"])[0]
+
+        # the libvirt floor boots copies of a stopped container's domain
+        src = "hvb-floor-src"
+        self.run_hv("run", "--name", src, "busybox", "true")
+        src_xml = paths.libvirt_root_dir() / "etc" / "qemu" / f"{src}.xml"
+
+        def floor() -> float:
+            out = subprocess.run(
+                [sys.executable, str(REPO / "bench" / "libvirt_floor.py"),
+                 str(paths.libvirt_root()), str(src_xml), str(paths.base_overlay(disk))],
+                env=self.env, check=True, capture_output=True, text=True).stdout
+            return float(out.split()[-1])
+
+        # hv and its floors alternate, so that a slow minute of this shared machine weighs
+        # on every side of the ratios alike
+        hv_run(), raw(), floor()  # warm-up: page cache, libvirt's capability cache
+        hv_t, raw_t, raw_exited, floor_t = [], [], [], []
+        for _ in range(REPEATS):
+            hv_t.append(hv_run())
+            exited, off = raw()
+            raw_t.append(off)
+            raw_exited.append(exited)
+            floor_t.append(floor())
+        self.run_hv("rm", src)
+        self.results["hv run --rm busybox true"] = hv_t
+        self.results[self.raw_key] = raw_t
+        self.results[f"{self.raw_key}, to `exited`"] = raw_exited
+        self.results[self.floor_key] = floor_t
         if info["kernel"] != "cloud":
             stock = build_guest(self.work / "stock-guest", kernel="cloud")
             sinfo = guest_boot(stock)
@@ -225,6 +259,10 @@ def report(b: Bench, accel) -> None:
 
     hv_run = "hv run --rm busybox true"
     ratio(hv_run, b.raw_key, "hv run / raw qemu (same kernel)", "(target <= 1.10)")
+    ratio(hv_run, f"{b.raw_key}, to `exited`", "hv run / raw qemu to `exited`")
+    floor = getattr(b, "floor_key", "")
+    ratio(floor, b.raw_key, "libvirt floor / raw qemu", "(libvirt's share)")
+    ratio(hv_run, floor, "hv run / libvirt floor", "(hv's own share)")
     ratio(hv_run, "raw qemu, stock cloud kernel", "hv run / raw qemu stock kernel",
           "(target <= 0.50)")
     ratio(hv_run, "crun run (namespaces)", "hv run / crun run")

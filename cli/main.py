@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.entry import command_name
 from cli.errors import each, print_error
 
 app = typer.Typer(
@@ -483,17 +484,6 @@ def _register_extras() -> None:
 _register_extras()
 
 
-def _command_name(args: list[str]) -> str:
-    """The subcommand's name: the first word that is neither an option nor -H's value."""
-    it = iter(args)
-    for a in it:
-        if a in ("-H", "--host"):
-            next(it, None)
-        elif not a.startswith("-"):
-            return a
-    return ""
-
-
 def _only(name: str) -> typer.Typer:
     """`app` with just the named command (or group): typer builds a click command, with
     its type hints evaluated, for every registered one on each call (~50 ms for all of
@@ -519,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     from hv.errors import HvError
 
     args = sys.argv[1:] if argv is None else argv
-    STATE["command"] = _command_name(args)
+    STATE["command"] = command_name(args)
     try:
         rv = _only(STATE["command"])(args=args, prog_name="hv", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0

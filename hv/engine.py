@@ -11,8 +11,8 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +38,7 @@ from hv.spec import RunOptions, check_hostname, check_name, parse_cpus, parse_me
 DEFAULT_MEMORY_MIB = 512
 START_TIMEOUT = float(os.environ.get("HV_START_TIMEOUT", "180"))
 POLL = 0.02
+POLL_BRISK = 0.005
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Engine:
                               "guests run under TCG software emulation, which is slower.")
         if opts.publish_all:
             published += ports.exposed(image.run_config)
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()
         hostname = hostname or cid[:12]
         record = Record(
             id=cid, name=name, image=opts.image, image_id=image.id, created=time.time(),
@@ -182,11 +183,16 @@ class Engine:
         cdir = paths.container_dir(cid)
         held = _new_container_dir(cid)
         attached = None
-        from hv.runtime.connection import Opened
+        from hv.runtime.connection import Opened, drop_preopened, take_preopened
 
-        # libvirt opens in a child while the disk and seed are made (not while a first
-        # base disk is built: that can take long, and the open holds the root's lock)
-        opened = Opened() if paths.base_disk(image.id).exists() else None
+        # libvirt opens in a child (since the CLI's start, or from here) while the disk and
+        # seed are made; not while a first base disk is built: that can take long, and the
+        # open holds the root's lock
+        if paths.base_disk(image.id).exists():
+            opened = take_preopened() or Opened(import_here=False)
+        else:
+            drop_preopened()
+            opened = None
         try:
             with _container_lock(cid, exclusive=False):
                 if mount_specs:
@@ -244,6 +250,9 @@ class Engine:
         if parsed.digest is None and all(c in "0123456789abcdef" for c in ref) and len(ref) >= 12:
             raise ImageNotFound(f"No such image: {ref}")
         self.notices.append(f"Unable to find image '{parsed.familiar()}' locally")
+        from hv.runtime.connection import drop_preopened
+
+        drop_preopened()  # it holds the root's lock: not for the length of a download
         return self.images.pull(ref, progress)
 
     def _write_seed(self, record: Record, wait_attach: bool = False,
@@ -329,17 +338,24 @@ class Engine:
         decoder = LogDecoder()
         offset = 0
         exit_fd = qemu_exit_fd(c.name)  # power-off wakes us at once, output is polled
+        # short commands end within the first seconds: poll briskly there, gently after
+        brisk_until = time.monotonic() + 2.0
         try:
             with _container_lock(c.id, exclusive=False):
                 while True:
                     offset = _pump(log_path, offset, decoder, on_line)
                     st = read_status(status_path)
+                    if st.exit_code is not None and exit_fd is not None and _discarded_at_exit(c):
+                        # the guest wrote its output, unmounted and synced the disk, then
+                        # `exited`; all it has left is powering off a VM --rm throws away
+                        with contextlib.suppress(OSError):
+                            signal.pidfd_send_signal(exit_fd, signal.SIGKILL)
                     if st.exit_code is not None or not self._alive(c):
                         _wait_gone(self, c, exit_fd)
                         _pump(log_path, offset, decoder, on_line)
                         st = read_status(status_path)
                         break
-                    _wait_exit(exit_fd, POLL)
+                    _wait_exit(exit_fd, POLL_BRISK if time.monotonic() < brisk_until else POLL)
         finally:
             if exit_fd is not None:
                 os.close(exit_fd)
@@ -647,6 +663,25 @@ def _guest_assets() -> GuestAssets:
 
 
 def _make_overlay(base: Path, disk: Path) -> None:
+    """The container's disk: a copy of the base disk's empty overlay, which qemu-img makes
+    once per base disk (a qemu-img run on every `run` costs ~10 ms). A template older than
+    its base disk (rebuilt since) is made again."""
+    template = paths.base_overlay(base)
+    try:
+        fresh = template.stat().st_mtime_ns >= base.stat().st_mtime_ns
+    except FileNotFoundError:
+        fresh = False
+    if not fresh:
+        tmp = template.with_name(f".{template.name}.{os.getpid()}")
+        try:
+            _qemu_img_overlay(base, tmp)
+            tmp.replace(template)
+        finally:
+            tmp.unlink(missing_ok=True)
+    shutil.copyfile(template, disk)
+
+
+def _qemu_img_overlay(base: Path, disk: Path) -> None:
     try:
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(disk)],
@@ -785,6 +820,12 @@ def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:
         for rec in decoder.feed(data):
             on_line(LogLine(rec.stream, rec.ts_ns, rec.data))
     return offset + len(data)
+
+
+def _discarded_at_exit(c: Container) -> bool:
+    """Nothing of this container outlives its main process: `--rm`, no volumes (their
+    virtiofsd and folders are ended by the guest's clean power-off and the destroy)."""
+    return c.record.auto_remove and not c.record.volumes
 
 
 def _wait_exit(exit_fd: int | None, timeout: float) -> None:

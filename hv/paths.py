@@ -179,6 +179,11 @@ def container_lock(cid: str) -> Path:
     return container_dir(cid) / "lock"
 
 
+def base_overlay(base: Path) -> Path:
+    """An empty qcow2 overlay of a base disk, copied for each new container's disk."""
+    return base.with_suffix(".overlay.qcow2")
+
+
 def base_disk_lock(image_id: str) -> Path:
     """Held while an image's base disk is built, so two builders never race."""
     return base_disks_dir() / (image_id.partition(":")[2] + ".lock")

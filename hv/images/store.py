@@ -286,6 +286,7 @@ class ImageStore:
             blobs.delete({image_id, rec.get("manifest", ""), *rec.get("layers", [])} - still - {""})
             if not in_use:
                 paths.base_disk(image_id).unlink(missing_ok=True)
+                paths.base_overlay(paths.base_disk(image_id)).unlink(missing_ok=True)
                 paths.base_disk_lock(image_id).unlink(missing_ok=True)
         return out
 

@@ -33,6 +33,9 @@ user = "root"
 group = "root"
 dynamic_ownership = 0
 remember_owner = 0
+# No cgroups: hv sets no cgroup tuning, and with no daemon alive when a guest powers off,
+# nobody would remove its machine cgroup (one leaked per container, in every controller).
+cgroup_controllers = []
 """
 
 
@@ -156,8 +159,42 @@ def call(fn, *args):
     """Run `fn(conn, *args)` with a fresh connection; in a forked child for embedded roots.
 
     The result and any HvError come back pickled; anything else becomes a RuntimeFailure.
+    A connection opened ahead (`preopen`) is let go first: its child holds the root's lock
+    until it gets a request, so waiting for the lock beside it would never end.
     """
+    drop_preopened()
     return Opened().call(fn, *args)
+
+
+_preopened: Opened | None = None
+
+
+def preopen() -> None:
+    """Start opening libvirt now, for the one call a command is about to make.
+
+    `hv run` calls this first thing, so libvirt's import and driver start-up (~40 ms) run
+    on the second core while Python imports the CLI and makes the disk and seed. The
+    command takes it with `take_preopened`; one it never takes ends with the process.
+    """
+    global _preopened
+    if _preopened is None and is_embedded():
+        # what unpickling a domains.start request imports, ready before it comes
+        _preopened = Opened(import_here=False, warm=("hv.runtime.domains", "hv.runtime.forwards",
+                                                     "libvirt_qemu"))
+
+
+def take_preopened() -> Opened | None:
+    """The connection `preopen` started (once), or None."""
+    global _preopened
+    opened, _preopened = _preopened, None
+    return opened
+
+
+def drop_preopened() -> None:
+    """Let a pre-opened connection go unused (before a long step or another call)."""
+    opened = take_preopened()
+    if opened is not None:
+        opened.close()
 
 
 class Opened:
@@ -170,19 +207,30 @@ class Opened:
     child go without doing anything.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, import_here: bool = True, warm: tuple[str, ...] = ()) -> None:
+        """`import_here`: import libvirt in this process first (~15 ms), so that every later
+        child inherits it; False imports it in the child only, off the caller's path.
+        `warm`: modules the child imports once libvirt is open, while the request is made."""
         self.pid = 0
         if not is_embedded():
             return
         paths.state_root().mkdir(parents=True, exist_ok=True)
-        libvirt_module()  # imported once here, inherited by every child
+        if import_here:
+            libvirt_module()
         req_r, self._req = os.pipe()
         self._res, res_w = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:  # child: never returns
             os.close(self._req)
             os.close(self._res)
-            _serve_one(req_r, res_w)
+            # answers go through the pipe; a `hv run … | cat` must not wait for this child
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                if fd != null:
+                    os.dup2(null, fd)
+            if null > 2:
+                os.close(null)
+            _serve_one(req_r, res_w, warm)
         os.close(req_r)
         os.close(res_w)
 
@@ -218,8 +266,9 @@ class Opened:
             self.close()
 
 
-def _serve_one(req_r: int, res_w: int) -> None:
+def _serve_one(req_r: int, res_w: int, warm: tuple[str, ...] = ()) -> None:
     """The child of `Opened`: connect, run the one request that comes (if any), answer."""
+    import importlib
     import pickle
 
     from hv.errors import HvError
@@ -231,6 +280,8 @@ def _serve_one(req_r: int, res_w: int) -> None:
 
     try:
         with connect() as conn:
+            for module in warm:
+                importlib.import_module(module)
             request = read_request()
             if request is not None:
                 fn, args = request

@@ -132,7 +132,7 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
     from hv.runtime.forwards import add_on
 
     try:
-        return add_on(dom, fwds)
+        return add_on(dom, fwds, fresh=True)
     except BaseException:
         _destroy(conn, name, undefine=xml is not None)
         raise

@@ -50,12 +50,16 @@ def _add(conn, name: str, forwards: list[Forward]) -> list[Forward]:
     return add_on(dom, forwards)
 
 
-def add_on(dom, forwards: list[Forward]) -> list[Forward]:
-    """Add forwards to a running domain object (inside a libvirt call)."""
+def add_on(dom, forwards: list[Forward], fresh: bool = False) -> list[Forward]:
+    """Add forwards to a running domain object (inside a libvirt call).
+
+    Each forward is found as the one row `info usernet` gained; `fresh`: the domain was
+    just started, so there is no row yet to list first (one monitor command less).
+    """
     libvirt = libvirt_module()
     done: list[Forward] = []
+    before = set() if fresh or not forwards else set(parse_usernet(_hmp(dom, "info usernet")))
     for fw in forwards:
-        before = set(parse_usernet(_hmp(dom, "info usernet")))
         spec = f"{fw.proto}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
         try:
             out = _hmp(dom, f"hostfwd_add {NETDEV} {spec}")
@@ -66,8 +70,9 @@ def add_on(dom, forwards: list[Forward]) -> list[Forward]:
             raise Conflict(
                 f"Bind for {where} failed: port is already allocated ({first_line(out)})",
                 hint="choose another host port with -p HOSTPORT:CONTAINERPORT")
-        new = [f for f in parse_usernet(_hmp(dom, "info usernet")) if f not in before
-               and f.proto == fw.proto and f.guest_port == fw.guest_port]
+        after = set(parse_usernet(_hmp(dom, "info usernet")))
+        new = [f for f in after - before if f.proto == fw.proto and f.guest_port == fw.guest_port]
+        before = after
         if not new:
             raise RuntimeFailure(f"QEMU did not report the forward {spec}")
         done.append(new[0])

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,51 @@ def _hv_path(state_root, name: str):
         env=dict(os.environ, HV_ROOT=str(state_root)), capture_output=True, text=True,
         check=True)
     return Path(out.stdout.strip())
+
+
+def test_no_cgroup_is_made_for_a_container(hv, busybox):
+    """libvirt would give each VM a machine cgroup in every controller, and with no daemon
+    alive at power-off nobody removed it (one leaked per container): hv's root makes none."""
+    name = "hv-test-cgroup"
+    p = hv("run", "-d", "--name", name, busybox, "sleep", "60")
+    assert p.returncode == 0, p.stderr
+    try:
+        pidfile = _hv_path(hv.root, "libvirt_root_dir") / "run" / "qemu" / f"{name}.pid"
+        pid = int(pidfile.read_text())
+        own = Path("/proc/self/cgroup").read_text()
+        assert Path(f"/proc/{pid}/cgroup").read_text() == own  # where hv is, nothing new
+    finally:
+        hv("rm", "-f", name)
+    made = [d for d in Path("/sys/fs/cgroup").glob("*/machine*/*") if name in d.name]
+    assert made == []
+
+
+def test_rm_run_keeps_all_output_and_code(hv, busybox):
+    """`run --rm` ends the VM as soon as the guest reports the exit: everything the command
+    wrote before it exited is still delivered, in order, with its exit code."""
+    p = hv("run", "--rm", busybox, "sh", "-c", "seq 1 30000; echo done >&2; exit 7")
+    assert p.returncode == 7, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines == [str(i) for i in range(1, 30001)]
+    assert p.stderr.endswith("done\n")
+
+
+def test_overlay_template_is_the_base_disks(hv, busybox):
+    """Each container's disk is a copy of one qemu-img overlay of the image's base disk."""
+    import subprocess
+
+    name = "hv-test-overlay"
+    p = hv("run", "--name", name, busybox, "true")
+    assert p.returncode == 0, p.stderr
+    try:
+        cid = hv("inspect", "-f", "{{.Id}}", name).stdout.strip()
+        disk = _hv_path(hv.root, "containers_dir") / cid / "disk.qcow2"
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+                                         capture_output=True, text=True, check=True).stdout)
+        base = Path(info["backing-filename"])
+        assert base.suffix == ".ext4" and base.exists()
+        assert info["backing-filename-format"] == "raw"
+        assert info["virtual-size"] == base.stat().st_size
+        assert base.with_suffix(".overlay.qcow2").exists()
+    finally:
+        hv("rm", "-f", name)
