@@ -196,10 +196,14 @@ def test_shared_layers_stored_once_and_whiteouts_applied(reg, root):
 # --- tag / rmi ---------------------------------------------------------------------------------
 
 
-def test_tag_and_rmi(reg, root):
+def test_tag_and_rmi(reg, root, tmp_path):
+    from hv.engine import _make_overlay
+
     ok("pull", busybox(reg))
     ok("pull", busybox(reg, "v2"))
     image = store().get(busybox(reg))
+    _make_overlay(paths.base_disk(image.id), tmp_path / "disk.qcow2")  # what a run makes
+    assert paths.base_overlay(paths.base_disk(image.id)).exists()
     ok("tag", busybox(reg), "mine:1")
     ok("tag", image.short_id[:6], "other")
     assert store().get("mine:1").id == image.id == store().get("other:latest").id
@@ -228,6 +232,7 @@ def test_tag_and_rmi(reg, root):
     assert ok("images", "-q") == ""
     assert leftovers(root)["blobs"] == [], "unreferenced blobs are deleted"
     assert not list(paths.base_disks_dir().glob("*.ext4"))
+    assert not list(paths.base_disks_dir().glob("*.qcow2")), "the overlay template goes too"
 
 
 def test_rmi_refused_while_a_container_uses_the_image(reg, root, monkeypatch):
