@@ -846,6 +846,10 @@ def _wait_gone(engine: Engine, c: Container, exit_fd: int | None = None,
     deadline = time.monotonic() + timeout
     while engine._alive(c) and time.monotonic() < deadline:
         _wait_exit(exit_fd, POLL)
+    if exit_fd is not None:
+        # a killed QEMU stops counting as alive before its threads are gone (~15 ms of
+        # tearing down its memory); the pidfd says when it can be reaped
+        _wait_exit(exit_fd, max(0.0, deadline - time.monotonic()))
     reap_children()
     # a QEMU we adopted may be a zombie whose last threads are still exiting (seen with a
     # vhost-user virtiofs device): wait_reaped reaps it once they are gone

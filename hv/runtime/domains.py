@@ -246,7 +246,7 @@ def wait_reaped(name: str, timeout: float = 5.0) -> None:
             os.waitpid(pid, os.WNOHANG)  # ours when a foreground run adopted it
         except ChildProcessError:
             pass
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def pid_alive(pid: int) -> bool:
