@@ -2,8 +2,11 @@
 
 import base64
 import io
+import shutil
+import subprocess
 
 import paramiko
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -42,3 +45,13 @@ def test_layout_matches_openssh():
 
 def test_keys_are_fresh():
     assert keys.generate("a").public_line != keys.generate("a").public_line
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no OpenSSH client here")
+def test_openssh_reads_the_private_key(tmp_path):
+    pair = keys.generate("hv-test")
+    path = tmp_path / "id"
+    keys.write_private(path, pair.private_openssh)
+    out = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split()[:2] == pair.public_line.split()[:2]
