@@ -767,9 +767,18 @@ def _new_container_dir(cid: str) -> int:
     collection (any concurrent `ps`) skips dot-names and cannot take the lock of a folder
     whose domain does not exist yet.
     """
+    from hv.runtime.connection import is_embedded
+
+    # disks, output and keys are the user's alone, as Docker's containers folder is root's;
+    # a libvirtd runs QEMU as its own user, which must still reach the files by path
+    mode = 0o700 if is_embedded() else 0o711
+    root = paths.containers_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if root.stat().st_mode & 0o777 != mode:
+        root.chmod(mode)  # made by an older hv with the umask's mode
     cdir = paths.container_dir(cid)
     staging = cdir.with_name("." + cid)
-    staging.mkdir(parents=True)
+    staging.mkdir(mode=mode)
     fd = os.open(staging / paths.container_lock(cid).name,
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)

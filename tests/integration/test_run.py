@@ -328,3 +328,17 @@ def test_overlay_template_is_the_base_disks(hv, busybox):
         assert base.with_suffix(".overlay.qcow2").exists()
     finally:
         hv("rm", "-f", name)
+
+
+def test_container_files_are_the_users_alone(hv, busybox):
+    """A container's disk, output and keys are not readable by other local users."""
+    name = "hv-test-private"
+    p = hv("run", "--name", name, busybox, "true")
+    assert p.returncode == 0, p.stderr
+    try:
+        cid = hv("inspect", "-f", "{{.Id}}", name).stdout.strip()
+        root = _hv_path(hv.root, "containers_dir")
+        assert root.stat().st_mode & 0o777 == 0o700
+        assert (root / cid).stat().st_mode & 0o777 == 0o700
+    finally:
+        hv("rm", "-f", name)
