@@ -103,7 +103,7 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="hvb-", dir="/tmp"))
         self.env = dict(os.environ, HV_ROOT=str(self.work / "root"), PYTHONPATH=str(REPO))
         os.environ["HV_ROOT"] = self.env["HV_ROOT"]
-        self.hv = [sys.executable, "-m", "cli.main"]
+        self.hv = [sys.executable, "-m", "cli"]
         self.results: dict[str, list[float]] = {}
         self.notes: list[str] = []
 

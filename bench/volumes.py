@@ -99,7 +99,7 @@ def main() -> int:
     env = dict(os.environ, HV_ROOT=str(work / "root"), HV_GUEST_DIR=guest,
                PYTHONPATH=str(REPO))
     env.pop("HV_VOLUME_DRIVER", None)
-    hv = [sys.executable, "-m", "cli.main"]
+    hv = [sys.executable, "-m", "cli"]
     try:
         subprocess.run([*hv, "load", "-i", str(images / "busybox.oci.tar")], env=env,
                        check=True, capture_output=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HV = [sys.executable, "-m", "cli.main"]
+HV = [sys.executable, "-m", "cli"]
 
 
 def _default_cache() -> Path:

@@ -128,12 +128,44 @@ def connect() -> Iterator[object]:
         _prepare_embed_root()
         lock = _queue_lock(paths.libvirt_root() / "hv.lock")
     with lock:
+        if is_embedded(u):
+            _wait_driver_released(paths.libvirt_root())
         conn = _open(libvirt, u)
         try:
             yield conn
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _wait_driver_released(root: Path) -> None:
+    """Wait while another process still holds the root's driver.pid.
+
+    libvirt keeps that lock until its process is gone, and the hv process before us has
+    released hv's queue lock a moment before it exits: opening then fails with only
+    "qemu state driver is not active" (the cause is in the log, not the error).
+    """
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while _driver_held_elsewhere(root) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _driver_held_elsewhere(root: Path) -> bool:
+    """Is the root's driver.pid under another process's POSIX lock (per /proc/locks)?"""
+    try:
+        st = (root / "run" / "qemu" / "driver.pid").stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    # "1: POSIX  ADVISORY  WRITE 5340 00:2b:1234 0 EOF" (waiters are "1: -> POSIX …")
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks.splitlines():
+        f = line.split()
+        if "POSIX" in f and key in f:
+            pid = f[f.index(key) - 1]
+            if pid.isdigit() and int(pid) != os.getpid():
+                return True
+    return False
 
 
 def _open(libvirt, u: str):

@@ -39,7 +39,7 @@ def root(tmp_path, monkeypatch) -> Path:
 
 def hv(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], input=input,
+    proc = subprocess.run([sys.executable, "-m", "cli", *args], input=input,
                           capture_output=True, timeout=timeout, env=env, cwd=REPO)
     proc.out = proc.stdout.decode(errors="replace")
     proc.err = proc.stderr.decode(errors="replace")
@@ -489,7 +489,7 @@ def test_ctrl_c_during_pull_leaves_nothing(fake, root):
     layer = os.urandom(8 << 20)  # 8 MiB at ~1.3 MB/s: several seconds to download
     _serve_image("slow", layer, "slow")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "pull", f"{fake}/slow"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "pull", f"{fake}/slow"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     try:
         assert _Fake.started.wait(30), "the layer download never started"
@@ -532,7 +532,7 @@ def test_pull_progress_on_a_terminal(reg, root):
     env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="100")
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - child
-        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "pull", busybox(reg)], env)
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli", "pull", busybox(reg)], env)
     chunks = []
     while True:
         try:

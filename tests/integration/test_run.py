@@ -342,3 +342,46 @@ def test_container_files_are_the_users_alone(hv, busybox):
         assert (root / cid).stat().st_mode & 0o777 == 0o700
     finally:
         hv("rm", "-f", name)
+
+
+def test_libvirt_operations_queue_on_the_embedded_root(hv, busybox):
+    """Commands that each open libvirt, at once: each waits its turn, though libvirt keeps
+    the root's driver.pid until the process before has exited (its error then says only
+    "qemu state driver is not active")."""
+    names = [f"hv-test-queue-{i}" for i in range(4)]
+
+    def together(argv_of):
+        procs = [hv.popen(*argv_of(n), stdout=-1, stderr=-1, text=True) for n in names]
+        outs = [p.communicate(timeout=240) for p in procs]
+        assert [p.returncode for p in procs] == [0] * len(names), [o[1] for o in outs]
+
+    try:
+        together(lambda n: ("run", "-d", "--name", n, busybox, "sleep", "120"))
+        together(lambda n: ("stop", "-t", "0", n))
+        together(lambda n: ("rm", n))
+    finally:
+        hv("rm", "-f", *names)
+    assert not set(names) & set(hv("ps", "-a", "--format", "{{.Names}}").stdout.split())
+
+
+def test_open_waits_for_a_process_still_holding_the_root(hv, busybox):
+    """libvirt keeps the root's driver.pid until its process has exited, past hv's queue
+    lock: a command that comes in that moment waits for it instead of failing."""
+    import subprocess
+    import sys
+
+    root = _hv_path(hv.root, "libvirt_root")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, libvirt\n"
+         "libvirt.virEventRegisterDefaultImpl()\n"
+         f"libvirt.open('qemu:///embed?root={root}').close()\n"
+         "print('closed', flush=True)\n"
+         "time.sleep(1.5)\n"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline() == "closed\n"
+        p = hv("run", "--rm", busybox, "echo", "after")
+        assert p.returncode == 0 and p.stdout == "after\n", p.stderr
+    finally:
+        holder.kill()
+        holder.wait()

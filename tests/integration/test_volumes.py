@@ -159,7 +159,7 @@ def test_named_volume_across_containers_over_9p(hv, busybox, box, hv_root, tmp_p
                   "device' | head -1; echo disk-ok > /tmp/ok && cat /tmp/ok; "
                   "grep -c ' 9p ' /proc/mounts")
         p = subprocess.run(
-            [sys.executable, "-m", "cli.main", "run", "--rm", "-v", f"{NAMED}:/data",
+            [sys.executable, "-m", "cli", "run", "--rm", "-v", f"{NAMED}:/data",
              "-v", "./rel:/r", "-v", f"{small}:/full", busybox, "sh", "-c", script],
             capture_output=True, text=True, cwd=cwd, timeout=240,
             env=hv.env({"HV_VOLUME_DRIVER": "9p", "PYTHONPATH": str(REPO)}))
