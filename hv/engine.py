@@ -193,6 +193,7 @@ class Engine:
         else:
             drop_preopened()
             opened = None
+        xml = None
         try:
             with _container_lock(cid, exclusive=False):
                 if mount_specs:
@@ -204,7 +205,9 @@ class Engine:
                                  first_boot=True)
                 xml = _domain_xml(record, accel, assets)
                 self._boot(record, xml=xml, via=opened)
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) and xml is not None:
+                _undo_start(record)  # the child may have started it all the same
             shutil.rmtree(cdir, ignore_errors=True)
             if attached is not None:
                 attached.undo()  # volumes and -v folders this run made
@@ -829,6 +832,19 @@ def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:
         for rec in decoder.feed(data):
             on_line(LogLine(rec.stream, rec.ts_ns, rec.data))
     return offset + len(data)
+
+
+def _undo_start(record: Record) -> None:
+    """After ^C during the start: no domain of this container may outlive its folder. A
+    second ^C must not cut the clean-up short."""
+    from hv.runtime import domains
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with contextlib.suppress(HvError):
+            domains.discard_if(record.name, record.id)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _discarded_at_exit(c: Container) -> bool:

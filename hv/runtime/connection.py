@@ -252,17 +252,20 @@ class Opened:
         req_r, self._req = os.pipe()
         self._res, res_w = os.pipe()
         self.pid = os.fork()
-        if self.pid == 0:  # child: never returns
-            os.close(self._req)
-            os.close(self._res)
-            # answers go through the pipe; a `hv run … | cat` must not wait for this child
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                if fd != null:
-                    os.dup2(null, fd)
-            if null > 2:
-                os.close(null)
-            _serve_one(req_r, res_w, warm)
+        if self.pid == 0:  # child: never returns, whatever happens (a parent gone on ^C)
+            try:
+                os.close(self._req)
+                os.close(self._res)
+                # answers go through the pipe; `hv run … | cat` must not wait for this child
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    if fd != null:
+                        os.dup2(null, fd)
+                if null > 2:
+                    os.close(null)
+                _serve_one(req_r, res_w, warm)
+            finally:
+                os._exit(1)
         os.close(req_r)
         os.close(res_w)
 
@@ -329,8 +332,8 @@ def _serve_one(req_r: int, res_w: int, warm: tuple[str, ...] = ()) -> None:
         data = pickle.dumps(payload)
     except Exception:  # noqa: BLE001
         data = pickle.dumps((False, RuntimeFailure("libvirt operation returned bad data")))
-    with os.fdopen(res_w, "wb") as f:
-        f.write(data)
+    with contextlib.suppress(OSError), os.fdopen(res_w, "wb") as f:
+        f.write(data)  # the parent may be gone (interrupted): the work is done all the same
     os._exit(0)
 
 

@@ -192,6 +192,23 @@ def destroy(name: str, undefine: bool = False) -> None:
     call(_destroy, name, undefine)
 
 
+def _discard_if(conn, name: str, cid: str) -> None:
+    libvirt = libvirt_module()
+    try:
+        dom = conn.lookupByName(name)
+        record = read_metadata(dom.XMLDesc(0)) or {}
+    except libvirt.libvirtError:
+        return
+    if record.get("id") == cid:
+        _destroy(conn, name, undefine=dom.isPersistent())
+
+
+def discard_if(name: str, cid: str) -> None:
+    """Destroy and forget the domain `name` if it is container `cid`'s: undoing a start
+    whose answer never came (the command was interrupted while libvirt's child worked)."""
+    call(_discard_if, name, cid)
+
+
 def qemu_pid(name: str) -> int | None:
     """The QEMU process of a running domain of the embedded driver (None elsewhere).
 

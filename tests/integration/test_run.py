@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -309,39 +310,38 @@ def test_rm_run_keeps_all_output_and_code(hv, busybox):
     assert p.stderr.endswith("done\n")
 
 
-def test_overlay_template_is_the_base_disks(hv, busybox):
-    """Each container's disk is a copy of one qemu-img overlay of the image's base disk."""
-    import subprocess
-
-    name = "hv-test-overlay"
+@contextlib.contextmanager
+def _exited_container(hv, busybox, name: str):
+    """A container that ran `true` and stays (no --rm): its folder; removed afterwards."""
     p = hv("run", "--name", name, busybox, "true")
     assert p.returncode == 0, p.stderr
     try:
         cid = hv("inspect", "-f", "{{.Id}}", name).stdout.strip()
-        disk = _hv_path(hv.root, "containers_dir") / cid / "disk.qcow2"
-        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
-                                         capture_output=True, text=True, check=True).stdout)
+        yield _hv_path(hv.root, "containers_dir") / cid
+    finally:
+        hv("rm", "-f", name)
+
+
+def test_overlay_template_is_the_base_disks(hv, busybox):
+    """Each container's disk is a copy of one qemu-img overlay of the image's base disk."""
+    import subprocess
+
+    with _exited_container(hv, busybox, "hv-test-overlay") as cdir:
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(cdir / "disk.qcow2")],
+            capture_output=True, text=True, check=True).stdout)
         base = Path(info["backing-filename"])
         assert base.suffix == ".ext4" and base.exists()
         assert info["backing-filename-format"] == "raw"
         assert info["virtual-size"] == base.stat().st_size
         assert base.with_suffix(".overlay.qcow2").exists()
-    finally:
-        hv("rm", "-f", name)
 
 
 def test_container_files_are_the_users_alone(hv, busybox):
     """A container's disk, output and keys are not readable by other local users."""
-    name = "hv-test-private"
-    p = hv("run", "--name", name, busybox, "true")
-    assert p.returncode == 0, p.stderr
-    try:
-        cid = hv("inspect", "-f", "{{.Id}}", name).stdout.strip()
-        root = _hv_path(hv.root, "containers_dir")
-        assert root.stat().st_mode & 0o777 == 0o700
-        assert (root / cid).stat().st_mode & 0o777 == 0o700
-    finally:
-        hv("rm", "-f", name)
+    with _exited_container(hv, busybox, "hv-test-private") as cdir:
+        assert cdir.parent.stat().st_mode & 0o777 == 0o700
+        assert cdir.stat().st_mode & 0o777 == 0o700
 
 
 def test_libvirt_operations_queue_on_the_embedded_root(hv, busybox):
@@ -385,3 +385,36 @@ def test_open_waits_for_a_process_still_holding_the_root(hv, busybox):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_during_the_start_leaves_nothing(hv, busybox):
+    """^C while libvirt's child starts the VM: the child finishes its work regardless, so
+    the command undoes it; no container, domain or QEMU is left, and the code is 130."""
+    import subprocess
+    import time
+
+    name = "hv-test-intr"
+    tag = f"guest={name},".encode()
+
+    def qemu_up() -> bool:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if tag in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+        return False
+
+    proc = hv.popen("run", "-d", "--name", name, busybox, "sleep", "60",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not qemu_up() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run ended before its QEMU was seen"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert name not in hv("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        assert not qemu_up()
+    finally:
+        proc.kill()
+        proc.wait()
+        hv("rm", "-f", name)
