@@ -146,7 +146,12 @@ def _wait_driver_released(root: Path) -> None:
     "qemu state driver is not active" (the cause is in the log, not the error).
     """
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while _driver_held_elsewhere(root) and time.monotonic() < deadline:
+    while _driver_held_elsewhere(root):
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(
+                f"another process has held {root} for over {LOCK_WAIT_SECONDS:.0f} seconds",
+                hint="a virsh or libvirt program opened hv's root? find it with "
+                f"'fuser -v {root}/run/qemu/driver.pid'")
         time.sleep(0.005)
 
 
@@ -169,22 +174,14 @@ def _driver_held_elsewhere(root: Path) -> bool:
 
 
 def _open(libvirt, u: str):
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    delay = 0.01
-    while True:
-        try:
-            return libvirt.open(u)
-        except libvirt.libvirtError as e:
-            msg = str(e)
-            if "driver.pid" in msg and time.monotonic() < deadline:
-                time.sleep(delay)  # a non-hv process holds the embedded root
-                delay = min(delay * 2, 0.2)
-                continue
-            raise RuntimeFailure(
-                f"cannot open libvirt at {u}: {first_line(msg)}",
-                hint="check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
-                "('make setup')",
-            ) from None
+    try:
+        return libvirt.open(u)
+    except libvirt.libvirtError as e:
+        raise RuntimeFailure(
+            f"cannot open libvirt at {u}: {first_line(str(e))}",
+            hint="check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
+            "('make setup')",
+        ) from None
 
 
 def call(fn, *args):
