@@ -537,6 +537,16 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 0
+    except OSError as e:
+        # a full disk, a read-only state root...: what the user can act on, not a bug
+        if STATE["debug"]:
+            raise
+        from hv import paths
+        from hv.errors import from_os_error
+
+        err = from_os_error(e, paths.state_root())
+        print_error(err)
+        code = 125 if STATE["command"] in RUN_LIKE else 1
     except Exception as e:  # noqa: BLE001 - a bug: still one line and a hint
         if STATE["debug"]:
             raise

@@ -55,8 +55,9 @@ class Engine:
     @cached_property
     def images(self):
         from hv.images.store import ImageStore
+        from hv.runtime.connection import is_embedded
 
-        return ImageStore(paths.images_root())
+        return ImageStore(paths.images_root(), qemu_reads_by_path=not is_embedded())
 
     # --- images -------------------------------------------------------------------------
 

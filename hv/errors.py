@@ -6,6 +6,8 @@ Nothing from libvirt, paramiko or subprocess leaves hv/ untranslated; the CLI pr
 
 from __future__ import annotations
 
+import errno
+
 
 class HvError(Exception):
     """Base class: message, hint and Docker's exit code (125 = hv itself failed)."""
@@ -61,6 +63,12 @@ class DigestMismatch(RegistryError):
     hint = "the registry served corrupt content; pull again or report it to the registry owner"
 
 
+class InvalidDigest(HvError):
+    """A digest that is not 'sha256:' + 64 lowercase hex (from a manifest, archive or ref)."""
+
+    hint = "the image's manifest or archive is malformed or crafted; get it from a trusted source"
+
+
 class RuntimeFailure(HvError):
     """The hypervisor (libvirt/QEMU) failed to do what was asked."""
 
@@ -88,3 +96,25 @@ class CommandNotExecutable(HvError):
 class Interrupted(HvError):
     exit_code = 130
     hint = "nothing was left behind; run the command again when ready"
+
+
+class NoSpace(HvError):
+    """The filesystem under the state root is full (ENOSPC or a quota)."""
+
+    hint = ("free space there ('hv system prune', 'hv rmi IMAGE', 'hv volume prune') "
+            "or point HV_ROOT at a larger filesystem")
+
+
+def from_os_error(err: OSError, where: object) -> HvError:
+    """The one translation of an OS error that reached hv's edge: `where` is the state root
+    (the filesystem hv writes to), named in the message so the user knows what to free."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on device under {where}")
+    if err.errno == errno.EROFS:
+        return HvError(f"read-only file system under {where}",
+                       hint="remount it read-write or point HV_ROOT elsewhere")
+    name = f": {err.filename}" if err.filename else ""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return HvError(f"permission denied{name}",
+                       hint="run hv as the user who owns the state root (or as root)")
+    return HvError(f"{err.strerror or err}{name}")

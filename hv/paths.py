@@ -7,7 +7,24 @@ Nobody else joins path pieces by hand.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from hv.errors import InvalidDigest
+
+# The only digests hv stores: a digest names a file, so anything else (a '../' path, a
+# slash, upper case) must never reach a path join.
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def is_digest(text: object) -> bool:
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
+
+
+def _hex(digest: str) -> str:
+    if not is_digest(digest):
+        raise InvalidDigest(f"invalid digest {digest!r}: want sha256: and 64 lowercase hex digits")
+    return digest[len("sha256:"):]
 
 
 def state_root() -> Path:
@@ -104,11 +121,8 @@ def blobs_dir() -> Path:
 
 
 def blob(digest: str) -> Path:
-    """`digest` is 'sha256:<hex>'."""
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or not hexpart:
-        raise ValueError(f"unsupported digest {digest!r}")
-    return blobs_dir() / hexpart
+    """`digest` is 'sha256:' + 64 lowercase hex, checked here as well as where it entered."""
+    return blobs_dir() / _hex(digest)
 
 
 def image_index() -> Path:
@@ -119,13 +133,19 @@ def image_lock() -> Path:
     return images_root() / "index.lock"
 
 
+def image_writers_lock() -> Path:
+    """Held shared by every pull and load from its first blob to its record; orphan blobs
+    are only collected by whoever gets it exclusively."""
+    return images_root() / "writers.lock"
+
+
 def base_disks_dir() -> Path:
     return images_root() / "disks"
 
 
 def base_disk(image_id: str) -> Path:
     """The ext4 base disk of an image, named by the image id (its config digest)."""
-    return base_disks_dir() / (image_id.partition(":")[2] + ".ext4")
+    return base_disks_dir() / (_hex(image_id) + ".ext4")
 
 
 def tmp_dir() -> Path:
@@ -186,7 +206,7 @@ def base_overlay(base: Path) -> Path:
 
 def base_disk_lock(image_id: str) -> Path:
     """Held while an image's base disk is built, so two builders never race."""
-    return base_disks_dir() / (image_id.partition(":")[2] + ".lock")
+    return base_disks_dir() / (_hex(image_id) + ".lock")
 
 
 def container_client_key(cid: str) -> Path:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from hv import paths, volumes
+from hv.images import scratch
 
 
 @dataclass
@@ -61,6 +62,9 @@ def prune(engine, all_images: bool = False, with_volumes: bool = False) -> Prune
             continue
         rep.images += [(kind.lower(), what) for kind, what in lines]
         rep.reclaimed += image.size
+    # what killed pulls and loads left: scratch files of dead processes, unnamed blobs
+    scratch.sweep()
+    engine.images.prune_orphans()
     return rep
 
 

@@ -9,6 +9,7 @@ OCI-archive is an OCI image layout in a tar: oci-layout, index.json, blobs/sha25
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hv import paths
-from hv.errors import HvError, UsageError
+from hv.errors import HvError, UsageError, from_os_error
 from hv.images import blobs
 from hv.images.layers import compression
 from hv.images.reference import Reference
@@ -48,7 +49,10 @@ class _Tar:
         member = self.members.get(name.removeprefix("./").lstrip("/"))
         if member is None or not (member.isreg() or member.islnk()):
             raise ArchiveError(f"the archive lacks {name}")
-        f = self.tar.extractfile(member)
+        try:
+            f = self.tar.extractfile(member)
+        except KeyError:  # a hard link to a member the archive does not have
+            f = None
         if f is None:
             raise ArchiveError(f"the archive lacks {name}")
         return f
@@ -84,7 +88,8 @@ def _blob_names() -> set[str]:
 def _load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
     if isinstance(source, (str, Path)):
         try:
-            return _load_file(store, Path(source), Path(source).name.partition(".")[0])
+            return _load_file(store, Path(source), Path(source).name.partition(".")[0],
+                              str(source))
         except FileNotFoundError as e:
             raise ArchiveError(f"open {source}: no such file or directory",
                                hint="check the path given to -i") from e
@@ -94,10 +99,10 @@ def _load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
         if tmp.stat().st_size == 0:
             raise ArchiveError("requested load from stdin, but stdin is empty",
                                hint="pipe a tarball into 'hv load' or give -i FILE")
-        return _load_file(store, tmp)
+        return _load_file(store, tmp, label="stdin")
 
 
-def _load_file(store: ImageStore, path: Path, file_stem: str = "") -> list[str]:
+def _load_file(store: ImageStore, path: Path, file_stem: str = "", label: str = "") -> list[str]:
     try:
         with tarfile.open(path, "r:*") as tf:
             tar = _Tar(tf)
@@ -108,17 +113,40 @@ def _load_file(store: ImageStore, path: Path, file_stem: str = "") -> list[str]:
             else:
                 raise ArchiveError("the archive has neither manifest.json nor index.json")
     except (tarfile.TarError, EOFError) as e:
-        raise ArchiveError(f"the archive is not a valid tarball: {e}") from e
+        # tarfile's own message for "r:*" lists every method it tried, one line each
+        what = "is empty" if _is_empty(path) else "is not a tarball (plain, gzip, bzip2 or xz)"
+        if isinstance(e, (EOFError, tarfile.CompressionError)) or "unexpected end" in str(e):
+            what = "is truncated"
+        raise ArchiveError(f"{label}: the archive {what}") from e
     except ValueError as e:
         raise ArchiveError(f"the archive holds a document that is not valid JSON: {e}") from e
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise from_os_error(e, paths.state_root()) from e
         raise ArchiveError(f"cannot read the archive: {e.strerror or e}") from e
     lines = []
     for image_id, tags in loaded:
         lines += [f"Loaded image: {t}" for t in tags] or [f"Loaded image ID: {image_id}"]
-    for image_id, _ in loaded:
-        store.base_disk(store.get(image_id))
     return lines
+
+
+def _record(store: ImageStore, image_id: str, manifest: str, layers: list[str], size: int,
+            tags: list[str]) -> None:
+    """Build the base disk, then record the image: listed only once it can run."""
+    _disk, built = store.build_disk(image_id, layers)
+    try:
+        store._commit(image_id, manifest, layers, size if built is None else built, tags, [])
+    except BaseException:
+        if built is not None:
+            store.forget_disk(image_id)
+        raise
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _familiar_tags(names: list[str]) -> list[str]:
@@ -179,7 +207,7 @@ def _load_docker(store: ImageStore, tar: _Tar) -> list[tuple[str, list[str]]]:
             layers.append((digest, size, kind))
         manifest = _synth_manifest(config_digest, config, layers)
         size = sum(s for _, s, _ in layers)
-        store._commit(config_digest, manifest, [d for d, _, _ in layers], size, tags, [])
+        _record(store, config_digest, manifest, [d for d, _, _ in layers], size, tags)
         loaded.append((config_digest, tags))
     return loaded
 
@@ -203,25 +231,40 @@ def _oci_tags(annotations: dict, file_stem: str) -> list[str]:
         return []
 
 
+def _object(tar: _Tar, name: str) -> dict:
+    doc = tar.json(name)
+    if not isinstance(doc, dict):
+        raise ArchiveError(f"{name} in the archive is not a JSON object")
+    return doc
+
+
 def _load_oci(store: ImageStore, tar: _Tar, file_stem: str) -> list[tuple[str, list[str]]]:
     loaded = []
-    for desc in tar.json("index.json").get("manifests", []):
-        tags = _oci_tags(desc.get("annotations") or {}, file_stem)
-        digest = desc.get("digest", "")
+    manifests = _object(tar, "index.json").get("manifests", [])
+    if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
+        raise ArchiveError("index.json in the archive has no list of manifests")
+    for desc in manifests:
+        annotations = desc.get("annotations")
+        tags = _oci_tags(annotations if isinstance(annotations, dict) else {}, file_stem)
+        digest = blobs.check(desc.get("digest"), "index.json in the archive", ArchiveError)
         body = tar.read(_blob_name(digest))
-        doc = json.loads(body)
+        doc = _object(tar, _blob_name(digest))
         if desc.get("mediaType") in INDEX_TYPES or doc.get("mediaType") in INDEX_TYPES:
-            from hv.images.pull import _pick_platform
+            from hv.images.pull import pick_platform
 
-            digest = _pick_platform(doc, "the archive")
+            digest = pick_platform(doc, "the archive", ArchiveError)
             body = tar.read(_blob_name(digest))
-            doc = json.loads(body)
+            doc = _object(tar, _blob_name(digest))
         manifest_digest = blobs.put_bytes(body, digest)
         try:
             config_digest = doc["config"]["digest"]
             layer_digests = [d["digest"] for d in doc["layers"]]
         except (KeyError, TypeError) as e:
             raise ArchiveError(f"manifest {digest} in the archive lacks config or layers") from e
+        # checked before any of them names a file: an existing blob is trusted as verified
+        blobs.check(config_digest, f"manifest {digest} in the archive", ArchiveError)
+        for layer in layer_digests:
+            blobs.check(layer, f"manifest {digest} in the archive", ArchiveError)
         config = tar.read(_blob_name(config_digest))
         blobs.put_bytes(config, config_digest)
         size = 0
@@ -229,7 +272,7 @@ def _load_oci(store: ImageStore, tar: _Tar, file_stem: str) -> list[tuple[str, l
             if not blobs.exists(layer):
                 _store_layer(tar, _blob_name(layer), layer)
             size += blobs.path(layer).stat().st_size
-        store._commit(config_digest, manifest_digest, layer_digests, size, tags, [])
+        _record(store, config_digest, manifest_digest, layer_digests, size, tags)
         loaded.append((config_digest, tags))
     if not loaded:
         raise ArchiveError("index.json in the archive lists no images")

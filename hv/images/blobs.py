@@ -1,21 +1,35 @@
 """Content-addressed blobs under paths.blobs_dir(): written to a temp file, verified, renamed.
 
-A blob that exists under its digest name has been verified; nothing else ever sits there.
+A blob that exists under its digest name has been verified by hv; nothing else ever sits
+there, so `exists()` may skip a download. That holds only for well-formed digests: every
+digest from outside (manifest, index, config, archive, registry) goes through `check()` where
+it enters, and paths.blob() refuses any other text, so a crafted '../' digest can neither
+name a host file as "already stored" nor let rmi delete one. The store is its owner's alone:
+blobs are 0600 and the images folder 0700 (0711 under a libvirtd, see ImageStore).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from hv import paths
-from hv.errors import DigestMismatch, HvError
+from hv.errors import DigestMismatch, HvError, InvalidDigest
+from hv.images import scratch
+
+
+def check(digest: object, what: str, error: type[HvError] = InvalidDigest) -> str:
+    """`digest` if it is 'sha256:' + 64 lowercase hex, else `error` naming `what`."""
+    if not paths.is_digest(digest):
+        shown = repr(digest)[:100]
+        raise error(f"{what} has an invalid digest {shown}",
+                    hint=InvalidDigest.hint)
+    return digest  # type: ignore[return-value]
 
 
 def path(digest: str) -> Path:
@@ -36,24 +50,17 @@ def read(digest: str) -> bytes:
         ) from e
 
 
-@contextmanager
-def temp_file(prefix: str = "blob-") -> Iterator[Path]:
-    """A scratch file on the store's filesystem, removed unless the caller renamed it away."""
-    paths.tmp_dir().mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=paths.tmp_dir())
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
+def temp_file(prefix: str = "blob-") -> contextlib.AbstractContextManager[Path]:
+    """A scratch file on the store's filesystem, removed unless the caller renamed it away
+    (locked while in use: see hv.images.scratch)."""
+    return scratch.file(prefix)
 
 
 def commit(tmp: Path, digest: str) -> Path:
     """Move a verified temp file to its content address (atomic; a racing writer is harmless)."""
     dest = paths.blob(digest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, 0o600)
     os.replace(tmp, dest)
     return dest
 
@@ -99,7 +106,9 @@ def copy_to(digest: str, out: BinaryIO) -> None:
 
 def delete(digests: set[str]) -> None:
     for digest in digests:
+        if not paths.is_digest(digest):
+            continue  # never a path: a malformed record must not delete anything
         try:
             paths.blob(digest).unlink(missing_ok=True)
-        except (OSError, ValueError):
+        except OSError:
             pass

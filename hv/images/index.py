@@ -32,8 +32,21 @@ def load() -> dict:
             f"the image index {paths.image_index()} cannot be read: {e}",
             hint="move the file away and pull or load your images again",
         ) from e
-    data.setdefault("images", {})
+    images = data.setdefault("images", {})
+    # A record naming anything but well-formed digests was not written by a correct hv
+    # (older ones accepted '../' digests): it is left out, so nothing reads or deletes by it.
+    for image_id in [i for i, rec in images.items() if not _well_formed(i, rec)]:
+        del images[image_id]
     return data
+
+
+def _well_formed(image_id: str, rec: object) -> bool:
+    if not isinstance(rec, dict) or not paths.is_digest(image_id):
+        return False
+    layers = rec.get("layers", [])
+    manifest = rec.get("manifest", "")
+    return (isinstance(layers, list) and all(paths.is_digest(d) for d in layers)
+            and (manifest == "" or paths.is_digest(manifest)))
 
 
 def _write(data: dict) -> None:
@@ -56,7 +69,7 @@ def _write(data: dict) -> None:
 @contextmanager
 def locked() -> Iterator[None]:
     """Hold the store lock (also used around blob garbage collection and disk builds)."""
-    paths.images_root().mkdir(parents=True, exist_ok=True)
+    paths.images_root().mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(paths.image_lock(), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

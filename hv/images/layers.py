@@ -277,6 +277,17 @@ def _child(rootfs: str, fds: list[int], report: int) -> None:
     os._exit(code)
 
 
+def _die_with(parent: int) -> None:
+    """A child whose hv is killed must not go on writing into (and keeping the scratch lock
+    of) a folder nobody will use: SIGKILL it when the parent dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
+
+
 def extract(
     layers: list[Path], rootfs: Path, on_layer: Callable[[int], None] | None = None
 ) -> None:
@@ -294,9 +305,11 @@ def extract(
             os.close(fd)
         raise LayerError(f"layer file {e.filename} cannot be opened: {e.strerror}") from e
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
+        _die_with(parent)
         _child(str(rootfs), fds, write_end)
     os.close(write_end)
     for fd in fds:

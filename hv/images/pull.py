@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 
-from hv.errors import RegistryError
+from hv import paths
+from hv.errors import HvError, RegistryError
 from hv.images import blobs
 from hv.images.reference import Reference
 from hv.images.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
@@ -19,22 +20,25 @@ def _short(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
 
 
-def _pick_platform(index_doc: dict, what: str) -> str:
-    """The linux/amd64 manifest of a manifest list / OCI index."""
+def pick_platform(index_doc: dict, what: str, error: type[HvError] = RegistryError) -> str:
+    """The linux/amd64 manifest of a manifest list / OCI index (its digest, checked)."""
+    manifests = index_doc.get("manifests")
+    if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
+        raise error(f"the manifest list of {what} has no list of manifests")
     candidates = []
-    for desc in index_doc.get("manifests", []):
-        platform = desc.get("platform") or {}
+    for desc in manifests:
+        platform = desc.get("platform") if isinstance(desc.get("platform"), dict) else {}
         if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
             candidates.append(desc)
     if not candidates:
-        platforms = [d.get("platform") or {} for d in index_doc.get("manifests", [])]
+        platforms = [d["platform"] for d in manifests if isinstance(d.get("platform"), dict)]
         found = sorted({f"{p.get('os')}/{p.get('architecture')}" for p in platforms})
         raise RegistryError(
             f"no matching manifest for linux/amd64 in the manifest list entries of {what}",
             hint="this image is published for: " + (", ".join(found) or "no platform"),
         )
     candidates.sort(key=lambda d: (d.get("platform") or {}).get("variant", "") not in ("", "v1"))
-    return candidates[0]["digest"]
+    return blobs.check(candidates[0].get("digest"), f"the manifest list of {what}", error)
 
 
 def _manifest_json(body: bytes, what: str) -> dict:
@@ -66,7 +70,7 @@ def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Im
 
     body, media_type, top_digest = client.get_manifest(ref.reference)
     if media_type in INDEX_TYPES:
-        chosen = _pick_platform(_manifest_json(body, what), what)
+        chosen = pick_platform(_manifest_json(body, what), what)
         body, media_type, manifest_digest = client.get_manifest(chosen)
     else:
         manifest_digest = top_digest
@@ -81,6 +85,10 @@ def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Im
         layer_descs = [(d["digest"], int(d.get("size", 0))) for d in manifest["layers"]]
     except (KeyError, TypeError, ValueError) as e:
         raise RegistryError(f"the manifest of {what} lacks its config or layers") from e
+    # before any digest names a file ("Already exists") or a URL
+    blobs.check(config_digest, f"the config of {what}", RegistryError)
+    for digest, _size in layer_descs:
+        blobs.check(digest, f"a layer of {what}", RegistryError)
 
     for digest, data in ((config_digest, None), (manifest_digest, body)):
         if not blobs.exists(digest):
@@ -106,14 +114,6 @@ def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Im
         emit(PullEvent(short, "Download complete", size, size))
 
     layers = [d for d, _ in layer_descs]
-    tags = [ref.familiar()] if ref.tag and not ref.digest else []
-    repo_digest = f"{ref.familiar_name}@{top_digest}"
-    changed = store._commit(
-        config_digest, manifest_digest, layers, sum(s for _, s in layer_descs), tags, [repo_digest]
-    )
-    stored.clear()  # referenced by the index now
-    image = store.get(config_digest)
-
     fresh = {_short(d) for d, _ in pending}
 
     def extracted(i: int) -> None:
@@ -121,18 +121,24 @@ def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Im
         if short in fresh:
             emit(PullEvent(short, "Pull complete"))
 
-    if pending or not _has_disk(image):
+    # the disk first, then the record: an image is listed only once it can run
+    built = None
+    if pending or not paths.base_disk(config_digest).exists():
         emit(PullEvent("", "Building disk"))
-        store.base_disk(image, extracted)
-        image = store.get(config_digest)
+        _disk, built = store.build_disk(config_digest, layers, extracted)
+    tags = [ref.familiar()] if ref.tag and not ref.digest else []
+    repo_digest = f"{ref.familiar_name}@{top_digest}"
+    size = built if built is not None else sum(s for _, s in layer_descs)
+    try:
+        changed = store._commit(config_digest, manifest_digest, layers, size, tags, [repo_digest])
+    except BaseException:
+        if built is not None:
+            store.forget_disk(config_digest)
+        raise
+    stored.clear()  # referenced by the index now
+    image = store.get(config_digest)
     emit(PullEvent("", f"Digest: {top_digest}"))
     name = ref.familiar()
     status = "Downloaded newer image" if changed or pending else "Image is up to date"
     emit(PullEvent("", f"Status: {status} for {name}"))
     return image
-
-
-def _has_disk(image: Image) -> bool:
-    from hv import paths
-
-    return paths.base_disk(image.id).exists()

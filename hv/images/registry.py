@@ -18,7 +18,8 @@ from pathlib import Path
 
 import requests
 
-from hv.errors import DigestMismatch, RegistryError
+from hv import paths
+from hv.errors import DigestMismatch, RegistryError, from_os_error
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_LIST_V2 = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -187,6 +188,11 @@ class RegistryClient:
 
     def _http_error(self, resp: requests.Response, what: str) -> RegistryError:
         codes = _error_codes(resp)
+        if what.startswith("blob ") and (resp.status_code == 404 or "BLOB_UNKNOWN" in codes):
+            return RegistryError(
+                f"{what} unknown to {self.host}/{self.repository}",
+                hint="the registry lacks content its own manifest names; push the image again",
+            )
         if resp.status_code == 404 or {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"} & codes:
             if "NAME_UNKNOWN" in codes:
                 return self._denied(what)
@@ -256,12 +262,13 @@ class RegistryClient:
                         progress(done)
         except requests.exceptions.RequestException as e:
             dest.unlink(missing_ok=True)
-            raise RegistryError(f"download of blob {digest} from {self.host} failed: {_short(e)}",
-                                hint="check the network and pull again") from e
+            raise RegistryError(
+                f"blob {digest} from {self.host} is truncated: the download stopped after "
+                f"{done} bytes ({_short(e)})",
+                hint="check the network and pull again") from e
         except OSError as e:
             dest.unlink(missing_ok=True)
-            raise RegistryError(f"cannot write blob {digest}: {e.strerror}",
-                                hint="check free space under HV_ROOT") from e
+            raise from_os_error(e, paths.state_root()) from e
         if "sha256:" + hasher.hexdigest() != digest:
             dest.unlink(missing_ok=True)
             raise DigestMismatch(
@@ -308,6 +315,8 @@ def _short(err: Exception) -> str:
         (r"No route to host", "no route to host"),
         (r"CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
         (r"WRONG_VERSION_NUMBER", "the server does not speak TLS"),
+        (r"IncompleteRead|Connection broken|Response ended prematurely",
+         "the connection closed before the end"),
     ):
         if re.search(pattern, text):
             return short

@@ -7,23 +7,29 @@ pull reports progress through PullEvent callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
-import shutil
-import stat
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from hv import paths
-from hv.errors import Conflict, HvError, ImageNotFound, Interrupted, RegistryError, UsageError
-from hv.images import blobs, index
+from hv.errors import (
+    Conflict,
+    HvError,
+    ImageNotFound,
+    Interrupted,
+    RegistryError,
+    UsageError,
+    from_os_error,
+)
+from hv.images import blobs, index, scratch
 from hv.images.reference import Reference
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -108,8 +114,19 @@ def _repo_of(familiar_ref: str) -> str:
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
+    """`qemu_reads_by_path`: a libvirtd runs QEMU as its own user, which must reach the base
+    disks by path (the folder is 0711 then, never listable); otherwise the folder is 0700:
+    a privately pulled image is its owner's alone, as the container folders are."""
+
+    def __init__(self, root: Path, qemu_reads_by_path: bool = False) -> None:
         self.root = Path(root)
+        self.mode = 0o711 if qemu_reads_by_path else 0o700
+
+    def _prepare(self) -> None:
+        """Make the store's folder with its mode (and fix one an older hv made 0755)."""
+        self.root.mkdir(mode=self.mode, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o777 != self.mode:
+            self.root.chmod(self.mode)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -202,6 +219,8 @@ class ImageStore:
         digests: list[str],
     ) -> bool:
         """Record an image whose blobs are all stored. Returns False if tags already matched."""
+        for digest in [image_id, manifest_digest, *layers]:
+            blobs.check(digest, "an image record")
         with index.transaction() as data:
             missing = [d for d in [image_id, manifest_digest, *layers] if not blobs.exists(d)]
             if missing:
@@ -285,9 +304,7 @@ class ImageStore:
                 still |= {other_id, other.get("manifest", ""), *other.get("layers", [])}
             blobs.delete({image_id, rec.get("manifest", ""), *rec.get("layers", [])} - still - {""})
             if not in_use:
-                paths.base_disk(image_id).unlink(missing_ok=True)
-                paths.base_overlay(paths.base_disk(image_id)).unlink(missing_ok=True)
-                paths.base_disk_lock(image_id).unlink(missing_ok=True)
+                self.forget_disk(image_id)
         return out
 
     @staticmethod
@@ -300,13 +317,48 @@ class ImageStore:
                 used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
             blobs.delete(set(digests) - used)
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a pull or load: first the leftovers of killed ones go (scratch files whose
+        owner is gone, blobs no record names), then this one is marked in progress."""
+        self._prepare()
+        scratch.sweep()
+        self.prune_orphans()
+        with open(paths.image_writers_lock(), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+
+    def prune_orphans(self) -> list[str]:
+        """Delete blobs no image record names (left by a pull or load that was killed);
+        skipped while another pull or load is in progress. Returns the digests removed."""
+        if not paths.images_root().is_dir():
+            return []
+        with open(paths.image_writers_lock(), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return []
+            with index.locked():
+                data = index.load()
+                used = set()
+                for image_id, rec in data["images"].items():
+                    used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
+                try:
+                    names = os.listdir(paths.blobs_dir())
+                except OSError:
+                    names = []
+                orphans = {"sha256:" + n for n in names} - used
+                blobs.delete(orphans)
+        return sorted(o for o in orphans if paths.is_digest(o))
+
     # --- pull ---------------------------------------------------------------------------
 
     def pull(self, ref: str, progress: Progress | None = None) -> Image:
         from hv.images.pull import pull
 
         try:
-            return pull(self, ref, progress or (lambda _e: None))
+            with self.writing():
+                return pull(self, ref, progress or (lambda _e: None))
         except KeyboardInterrupt:
             raise Interrupted(f"pull of {ref} interrupted") from None
 
@@ -316,7 +368,8 @@ class ImageStore:
         from hv.images.archive import load
 
         try:
-            return load(self, source)
+            with self.writing():
+                return load(self, source)
         except KeyboardInterrupt:
             raise Interrupted("load interrupted") from None
 
@@ -334,49 +387,53 @@ class ImageStore:
     # --- base disks -------------------------------------------------------------------
 
     def base_disk(self, image: Image, on_layer: Callable[[int], None] | None = None) -> Path:
-        """The image's ext4 base disk, built from its layers the first time it is needed."""
-        dest = paths.base_disk(image.id)
-        if dest.exists():
-            return dest
-        from hv.images import disk, layers
-
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(paths.base_disk_lock(image.id), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if dest.exists():
-                return dest
-            paths.tmp_dir().mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=paths.tmp_dir()))
-            try:
-                rootfs = work / "rootfs"
-                rootfs.mkdir(mode=0o755)
-                layers.extract([blobs.path(d) for d in image.layers], rootfs, on_layer)
-                size = layers.tree_size(rootfs)
-                tmp_disk = work / "disk.ext4"
-                disk.build(rootfs, tmp_disk, size, image.id)
-                os.replace(tmp_disk, dest)
-            except KeyboardInterrupt:
-                raise Interrupted("interrupted while building the image's base disk") from None
-            finally:
-                _rmtree(work)
-        with index.transaction() as data:
-            if image.id in data["images"]:
-                data["images"][image.id]["size"] = size
-        image.size = size
+        """The image's ext4 base disk, built from its layers the first time it is needed
+        (images pulled or loaded by this hv have one already: see build_disk)."""
+        dest, size = self.build_disk(image.id, image.layers, on_layer)
+        if size is not None:
+            with index.transaction() as data:
+                if image.id in data["images"]:
+                    data["images"][image.id]["size"] = size
+            image.size = size
         return dest
 
+    def build_disk(
+        self, image_id: str, layer_digests: list[str], on_layer: Callable[[int], None] | None = None
+    ) -> tuple[Path, int | None]:
+        """Build the base disk of an image whose blobs are stored; (path, the unpacked size,
+        or None when the disk existed). pull and load call it before the image is recorded,
+        so an image is listed only once it can run."""
+        dest = paths.base_disk(image_id)
+        if dest.exists():
+            return dest, None
+        from hv.images import disk, layers
 
-def _rmtree(path: Path) -> None:
-    """rmtree that also gets through read-only directories (non-root extraction)."""
+        self._prepare()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(paths.base_disk_lock(image_id), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if dest.exists():
+                return dest, None
+            try:
+                with scratch.folder("rootfs-") as work:
+                    rootfs = work / "rootfs"
+                    rootfs.mkdir(mode=0o755)
+                    layers.extract([blobs.path(d) for d in layer_digests], rootfs, on_layer)
+                    size = layers.tree_size(rootfs)
+                    tmp_disk = work / "disk.ext4"
+                    disk.build(rootfs, tmp_disk, size, image_id)
+                    os.replace(tmp_disk, dest)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted while building the image's base disk") from None
+            except OSError as e:
+                raise from_os_error(e, paths.state_root()) from e
+        return dest, size
 
-    def retry(func, name, _exc):
-        try:
-            os.chmod(os.path.dirname(name), stat.S_IRWXU)
-            func(name)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)
+    def forget_disk(self, image_id: str) -> None:
+        """Remove a base disk built for an image that was then not recorded."""
+        paths.base_disk(image_id).unlink(missing_ok=True)
+        paths.base_overlay(paths.base_disk(image_id)).unlink(missing_ok=True)
+        paths.base_disk_lock(image_id).unlink(missing_ok=True)
 
 
 __all__ = ["Image", "ImageStore", "PullEvent", "RegistryError"]
