@@ -63,7 +63,8 @@ rm -rf "$CACHE"/kernel/.build.* # left by an interrupted build (we hold the lock
 WORK=$(mktemp -d "$CACHE/kernel/.build.XXXXXX")
 chmod 0755 "$WORK"
 trap 'rm -rf "$WORK"' EXIT
-echo "kernel: building $(basename "$SRC_TAR") with $HERE/config.sh in $WORK (minutes)" >&2
+echo "kernel: building hv's guest kernel from $(basename "$SRC_TAR"): about 7 minutes on 2 cores," \
+	"once per machine (cached in $CACHE/kernel)" >&2
 tar -xf "$SRC_TAR" -C "$WORK"
 K=$WORK/linux-source-6.1
 [ -d "$K" ] || die "$SRC_TAR has no linux-source-6.1/"
@@ -71,6 +72,14 @@ K=$WORK/linux-source-6.1
 # Reproducible: fixed build user, host and time; no "+" for a tree that is not in git.
 export KBUILD_BUILD_USER=hv KBUILD_BUILD_HOST=hv KBUILD_BUILD_TIMESTAMP="$(date -u -d @0)" LOCALVERSION=
 LOG=$WORK/build.log
+# Progress instead of minutes of silence: a line every 30 s with the objects compiled so far.
+START=$SECONDS
+(while sleep 30; do
+	echo "kernel: $(grep -c '^  CC ' "$LOG" 2>/dev/null || echo 0) objects compiled" \
+		"($((SECONDS - START)) s)" >&2
+done) &
+PROGRESS=$!
+trap 'kill $PROGRESS 2>/dev/null; rm -rf "$WORK"' EXIT
 {
 	make -C "$K" tinyconfig &&
 		(cd "$K" && "$HERE/config.sh") &&
@@ -78,6 +87,7 @@ LOG=$WORK/build.log
 		(cd "$K" && "$HERE/config.sh" --check) &&
 		nice -n 10 make -C "$K" -j"$(nproc)" vmlinux bzImage
 } >"$LOG" 2>&1 || {
+	kill $PROGRESS 2>/dev/null
 	tail -n 30 "$LOG" >&2
 	cp "$LOG" "$CACHE/kernel/build-failed.log" 2>/dev/null || true
 	die "kernel build failed, see $CACHE/kernel/build-failed.log"
@@ -90,6 +100,8 @@ cp "$K/.config" "$WORK/config"
 make -s -C "$K" kernelrelease >"$WORK/release"
 readelf -n "$WORK/vmlinux" | grep -Eq 'Xen .*(0x00000012|PHYS32_ENTRY)' ||
 	die "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
+kill $PROGRESS 2>/dev/null || true
+echo "kernel: built $(cat "$WORK/release") in $((SECONDS - START)) s" >&2
 rm -rf "$K" "$LOG"
 chmod 0644 "$WORK"/{vmlinux,bzImage,config,release}
 

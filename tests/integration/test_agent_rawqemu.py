@@ -59,7 +59,7 @@ class Result:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 is not installed")
+        pytest.fail("qemu-system-x86_64 is not installed: run 'make setup'")
     work = tmp_path_factory.mktemp("guest")
     kernel, initrd, cmdline, disk = rawboot.build_assets(work)  # HV_KERNEL picks the kernel
     contract = rawboot.guest_boot(kernel.parent)

@@ -250,7 +250,7 @@ class AttachSession:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 is not installed")
+        pytest.fail("qemu-system-x86_64 is not installed: run 'make setup'")
     return rawboot.build_assets(tmp_path_factory.mktemp("guest"))
 
 

@@ -159,7 +159,7 @@ def test_kernels_and_host_pids(full_doc):
 
 
 def test_markdown_table_and_plot(hv, busybox, hv_root, tmp_path):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - make setup installs the [compare] extra
     png = tmp_path / "compare.png"
     p = hv("compare", busybox, *QUICK, "--only", "process,container", "--format", "markdown",
            "--plot", str(png))
