@@ -10,6 +10,15 @@ resolves every path inside the chroot). On top of that every parent path is reso
 `secure_join`, which follows symlinks while clamping them to the root, so the same guarantee
 holds when hv is not root and cannot chroot. Without root, owners are not changed and device
 nodes are skipped (an unprivileged user cannot mknod); everything else is extracted as usual.
+
+Sizes are untrusted too. A sparse member (GNU's old 'S' type and the PAX sparse formats 0.0,
+0.1 and 1.0, all decoded by tarfile) is written with its holes as holes: only the data
+regions are written, at their offsets, and the file is then truncated to its real size; a
+sparse map that is unordered, overlapping or reaches past the real size is refused. Runs of
+zeroes in ordinary files become holes too (mkfs.ext4 -d copies holes as holes). Before a
+member is written its declared (expanded) size is added to the image's running total, which
+may not pass `hv.images.disk.allowed_size` of the layers' compressed size: a 10 KB layer that
+declares a 10 GB file, sparse or compressed, is refused at its header, with nothing written.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hv.errors import HvError, Interrupted
+from hv.images.disk import allowed_size, human_bytes, too_large_hint
 
 try:  # imported before any chroot: nothing may be imported inside the rootfs
     import zstandard
@@ -34,10 +44,52 @@ except ImportError:  # pragma: no cover - depends on the host
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_SYMLINKS = 40
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 
 
 class LayerError(HvError):
     hint = "the image layer is damaged or unsupported; pull or load the image again"
+
+
+def _copy(src: BinaryIO, out, length: int, name: str) -> None:
+    """`length` bytes from src to out at their current offsets; all-zero chunks are skipped
+    (left as a hole), so the caller truncates `out` to its final size afterwards."""
+    while length > 0:
+        want = min(length, _CHUNK)
+        chunk = src.read(want)
+        if len(chunk) != want:
+            raise LayerError(f"{name!r} ends before its declared size (truncated layer)")
+        if chunk == _ZEROS[:want]:
+            out.seek(want, os.SEEK_CUR)
+        else:
+            out.write(chunk)
+        length -= want
+
+
+def _write_sparse(tar: tarfile.TarFile, out, m: tarfile.TarInfo) -> None:
+    """A sparse member's data regions at their offsets, holes left unwritten. The regions'
+    bytes are stored one after another (in map order) from m.offset_data; they are read
+    from the tar stream itself, which tarfile's expanded view cannot seek in (stream mode)."""
+    end = 0
+    stored = 0
+    for offset, size in m.sparse:
+        if offset < 0 or size < 0 or offset + size > m.size or (size and offset < end):
+            raise LayerError(f"{m.name!r} has a malformed sparse map (region {offset}+{size} "
+                             f"of a {m.size}-byte file)")
+        if size:
+            end = offset + size
+            stored += size
+    raw = tar.fileobj
+    if stored > tar.offset - m.offset_data:
+        raise LayerError(f"{m.name!r} has a malformed sparse map ({stored} bytes of data "
+                         f"in {tar.offset - m.offset_data})")
+    if raw.tell() != m.offset_data:
+        raw.seek(m.offset_data)
+    for offset, size in m.sparse:
+        if size:
+            out.seek(offset)
+            _copy(raw, out, size, m.name)
 
 
 def compression(fileobj: BinaryIO) -> str:
@@ -125,10 +177,15 @@ def _remove(path: str) -> None:
 class _Applier:
     """Applies tar layers in order onto `root`; runs inside the extraction child."""
 
-    def __init__(self, root: str, privileged: bool) -> None:
+    def __init__(self, root: str, privileged: bool, limit: int | None = None,
+                 compressed: int = 0) -> None:
         self.root = root
         self.privileged = privileged
         self.dir_meta: dict[str, tarfile.TarInfo] = {}
+        self.limit = limit  # bytes the image's files may add up to (None: no limit)
+        self.compressed = compressed
+        self.expanded = 0  # declared sizes of the regular files so far, every layer
+        self.layer = 0
 
     def path(self, rel: str) -> str:
         parent, _, base = rel.rpartition("/")
@@ -152,6 +209,8 @@ class _Applier:
                 parts = rel.split("/")
                 for i in range(1, len(parts) + 1):
                     layer_paths.add("/".join(parts[:i]))
+                if member.isreg():
+                    self.account(member)
                 try:
                     self.entry(tar, member, rel)
                 except OSError as e:
@@ -160,6 +219,17 @@ class _Applier:
                     ) from e
         for rel in opaque:
             self.prune(rel, layer_paths)
+
+    def account(self, m: tarfile.TarInfo) -> None:
+        """Add a file's declared size to the image's total; refuse it past the limit."""
+        self.expanded += m.size
+        if self.limit is not None and self.expanded > self.limit:
+            raise LayerError(
+                f"the image's files add up to more than the {human_bytes(self.limit)} allowed "
+                f"for {human_bytes(self.compressed)} of layers: layer {self.layer + 1} declares "
+                f"{m.name!r} of {human_bytes(m.size)}",
+                hint=too_large_hint(self.compressed),
+            )
 
     def prune(self, rel: str, keep: set[str]) -> None:
         """Hide lower-layer content below an opaque directory."""
@@ -195,9 +265,13 @@ class _Applier:
         if m.isreg():
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
-                src = tar.extractfile(m)
-                if src is not None:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                if m.sparse is not None:
+                    _write_sparse(tar, out, m)
+                else:
+                    src = tar.extractfile(m)
+                    if src is not None:
+                        _copy(src, out, m.size, m.name)
+                out.truncate(m.size)
         elif m.issym():
             os.symlink(m.linkname, target)
         elif m.islnk():
@@ -238,7 +312,8 @@ class _Applier:
                 continue
 
 
-def _child(rootfs: str, fds: list[int], report: int) -> None:
+def _child(rootfs: str, fds: list[int], report: int, limit: int | None,
+           compressed: int) -> None:
     """Body of the extraction child; never returns."""
     code = 0
     try:
@@ -250,8 +325,9 @@ def _child(rootfs: str, fds: list[int], report: int) -> None:
             os.chroot(rootfs)
             os.chdir("/")
             root = "/"
-        applier = _Applier(root, privileged)
+        applier = _Applier(root, privileged, limit, compressed)
         for i, fd in enumerate(fds):
+            applier.layer = i
             with os.fdopen(fd, "rb") as raw:
                 stream = decompressed(raw)
                 try:
@@ -289,12 +365,15 @@ def _die_with(parent: int) -> None:
 
 
 def extract(
-    layers: list[Path], rootfs: Path, on_layer: Callable[[int], None] | None = None
+    layers: list[Path], rootfs: Path, on_layer: Callable[[int], None] | None = None,
+    limit: int | None = -1,
 ) -> None:
     """Apply `layers` (oldest first) onto the empty directory `rootfs`.
 
     `on_layer(i)` is called after layer i is applied. Ctrl-C kills the child and raises
-    Interrupted; the caller removes `rootfs`.
+    Interrupted; the caller removes `rootfs`. `limit`: the bytes the image's files may
+    declare in all (default: `hv.images.disk.allowed_size` of the layer files' size; None:
+    no limit).
     """
     fds: list[int] = []
     try:
@@ -304,13 +383,16 @@ def extract(
         for fd in fds:
             os.close(fd)
         raise LayerError(f"layer file {e.filename} cannot be opened: {e.strerror}") from e
+    compressed = sum(os.fstat(fd).st_size for fd in fds)
+    if limit == -1:
+        limit = allowed_size(compressed)
     read_end, write_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
         _die_with(parent)
-        _child(str(rootfs), fds, write_end)
+        _child(str(rootfs), fds, write_end, limit, compressed)
     os.close(write_end)
     for fd in fds:
         os.close(fd)
