@@ -30,8 +30,28 @@ def status_text(c: Container, now: float) -> str:
     return "Created"
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
 def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    """Go's strconv.Quote (docker ps's COMMAND): an argv byte that is not UTF-8 (a surrogate
+    in Python's argv, PEP 383) shows as \\xNN, control characters escaped; never a raw
+    surrogate, which no terminal encoding can write."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif not ch.isprintable() or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out) + '"'
 
 
 def command_text(c: Container, no_trunc: bool) -> str:
@@ -96,9 +116,44 @@ def _iec(n: float) -> str:
     return f"{n:.4g}GiB"
 
 
-def _matches(c: Container, key: str, value: str) -> bool:
+# `docker ps -f` keys (the daemon's acceptedPsFilterTags); the ones hv has no notion of
+_PS_FILTERS = {"ancestor", "before", "exited", "id", "label", "name", "since", "status"}
+_PS_FILTERS_UNSUPPORTED = {"expose", "health", "is-task", "isolation", "network", "publish",
+                           "volume"}
+_STATUSES = {"created", "restarting", "running", "removing", "paused", "exited", "dead"}
+_PS_HINT = "filters: name, id, status, ancestor, exited, before, since, label"
+
+
+def parse_filters(filters: list[str], accepted: set[str], unsupported: set[str] = frozenset(),
+                  hint: str = "use -f key=value") -> dict[str, list[str]]:
+    """`-f key=value` flags -> {key: [values]}, checked before anything is listed (Docker's
+    daemon refuses an unknown key even when nothing would match: "invalid filter 'bogus'").
+    Keys are lower-cased and both sides trimmed, as docker's filters.ParseFlag does."""
+    groups: dict[str, list[str]] = {}
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if not eq:
+            raise UsageError(f"bad format of filter (expected name=value): {f!r}",
+                             hint="use -f key=value")
+        key = key.strip().lower()
+        if key in unsupported:
+            raise UsageError(f"the filter '{key}' is not supported by hv", hint=hint)
+        if key not in accepted:
+            raise UsageError(f"invalid filter {key!r}", hint=hint)
+        groups.setdefault(key, []).append(value.strip())
+    return groups
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return pattern in text
+
+
+def _matches(c: Container, key: str, value: str, created: dict[str, float]) -> bool:
     if key == "name":
-        return re.search(value, c.name) is not None
+        return _search(value, c.name)
     if key == "id":
         return c.id.startswith(value)
     if key == "status":
@@ -111,24 +166,44 @@ def _matches(c: Container, key: str, value: str) -> bool:
                 value.removeprefix("sha256:")))
     if key == "exited":
         st = c.state()
-        return st.status == "exited" and str(st.exit_code) == value
-    raise UsageError(f"invalid filter '{key}'", hint="filters: name, id, status, ancestor, exited")
+        return st.status == "exited" and st.exit_code == int(value)
+    if key == "before":
+        return c.record.created < created[value]
+    if key == "since":
+        return c.record.created > created[value]
+    return False  # label: hv's containers carry no labels
+
+
+def _created_of(cs: list[Container], ref: str) -> float:
+    """before=/since= name a container (name, id or id prefix), as Docker's daemon does."""
+    from hv.errors import ContainerNotFound
+
+    for c in cs:
+        if ref.lstrip("/") == c.name or c.id == ref:
+            return c.record.created
+    hits = [c for c in cs if ref and c.id.startswith(ref)]
+    if len(hits) == 1:
+        return hits[0].record.created
+    raise ContainerNotFound(f"No such container: {ref}")
 
 
 def select(cs: list[Container], all: bool, filters: list[str], last: int) -> list[Container]:
     """Docker's rules: filters of the same key OR together, different keys AND."""
-    groups: dict[str, list[str]] = {}
-    for f in filters:
-        key, eq, value = f.partition("=")
-        if not eq:
-            raise UsageError(f"bad format of filter (expected name=value): {f}",
-                             hint="use -f key=value")
-        groups.setdefault(key.strip(), []).append(value.strip())
+    groups = parse_filters(filters, _PS_FILTERS, _PS_FILTERS_UNSUPPORTED, _PS_HINT)
+    for value in groups.get("status", []):
+        if value not in _STATUSES:
+            raise UsageError(f"invalid filter 'status={value}'",
+                             hint="status: " + ", ".join(sorted(_STATUSES)))
+    for value in groups.get("exited", []):
+        if not re.fullmatch(r"-?\d+", value):
+            raise UsageError(f"invalid filter 'exited={value}'",
+                             hint="exited takes an exit code, e.g. -f exited=0")
+    created = {ref: _created_of(cs, ref) for k in ("before", "since") for ref in groups.get(k, [])}
     if "status" in groups or "exited" in groups:
         all = True
     out = [c for c in cs if all or c.active]
     for key, values in groups.items():
-        out = [c for c in out if any(_matches(c, key, v) for v in values)]
+        out = [c for c in out if any(_matches(c, key, v, created) for v in values)]
     if last >= 0:
         out = out[:last]
     return out
@@ -139,41 +214,38 @@ def log_timestamp(ts_ns: int) -> str:
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
 
 
-_FIELD = re.compile(r"{{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*}}")
+def check_template(fmt: str | None):
+    """`inspect -f`'s template, parsed before any lookup as docker/cli does; None for the
+    JSON outputs. A template Go would not parse exits 64 (docker/cli's inspect)."""
+    from cli.formatting import TemplateError, _unescape, parse_template
 
-
-def apply_template(fmt: str, doc: dict) -> str:
-    """The part of Go templates scripts use with inspect: {{.A.B}} and {{json .A}}."""
-
-    def value(m: re.Match) -> str:
-        cur = doc
-        for part in filter(None, m.group(2).split(".")):
-            if not isinstance(cur, dict) or part not in cur:
-                raise UsageError(
-                    f'template: :1: executing "" at <.{m.group(2)}>: map has no entry for key '
-                    f'"{part}"', hint="see 'hv inspect NAME' for the fields")
-            cur = cur[part]
-        if m.group(1):
-            return json.dumps(cur)
-        if isinstance(cur, bool):
-            return "true" if cur else "false"
-        if cur is None:
-            return "<no value>"
-        if isinstance(cur, list):
-            return "[" + " ".join(str(x) for x in cur) + "]"
-        if isinstance(cur, dict):
-            return "map[" + " ".join(f"{k}:{v}" for k, v in cur.items()) + "]"
-        return str(cur)
-
-    return _FIELD.sub(value, fmt.replace("\\t", "\t").replace("\\n", "\n"))
+    if not fmt or fmt == "json":
+        return None
+    try:
+        return parse_template(_unescape(fmt))
+    except TemplateError as e:
+        raise TemplateError(f"template parsing error: {e.message}", exit_code=64) from None
 
 
 def write_inspect(docs: list[dict], fmt: str | None) -> None:
-    """`inspect`'s output: a JSON array, or the template applied to each document."""
+    """`inspect`'s output: a JSON array (`-f json`: on one line), or the template applied to
+    each document; documents the template fails on are reported after the others' output
+    (exit 1), as docker/cli does."""
     import sys
 
-    if fmt:
-        for doc in docs:
-            sys.stdout.write(apply_template(fmt, doc) + "\n")
-    else:
-        sys.stdout.write(json.dumps(docs, indent=4) + "\n")
+    from cli.formatting import TemplateError
+
+    tmpl = check_template(fmt)
+    if tmpl is None:
+        indent = None if fmt == "json" else 4
+        sys.stdout.write(json.dumps(docs, indent=indent,
+                                    separators=(",", ":") if indent is None else None) + "\n")
+        return
+    errors = []
+    for doc in docs:
+        try:
+            sys.stdout.write(tmpl.execute(doc) + "\n")
+        except TemplateError as e:
+            errors.append(e.message)
+    if errors:
+        raise TemplateError(f"template parsing error: {errors[0]}")
