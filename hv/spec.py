@@ -8,6 +8,11 @@ Docker's rules, exactly:
 - ENV: the image's, then `--env-file`, then `-e` (later wins, by key); `-e KEY` copies the
   host's value or drops the key when the host has none.
 - WORKDIR: `-w`, else the image's, else "/". USER: `-u`, else the image's.
+
+Strings from the command line are what Python makes of Linux's argv bytes: UTF-8 with
+undecodable bytes as surrogates (PEP 383), so `os.fsencode` gives the bytes back; the seed
+(hv.guest.seed) writes them out that way. Messages quote a user's value with repr() when it
+holds a control character, so an error stays on one line.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from hv.errors import UsageError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY_MIB = 64
-_ENV_KEY = re.compile(r"^[^=\s]+$")
+_ENV_KEY = re.compile(r"[^=\s]+")
 
 
 @dataclass
@@ -75,8 +80,9 @@ def _as_list(value) -> list[str]:
 def parse_env_item(item: str, host_env: dict[str, str]) -> str | None:
     """One `-e` value: KEY=VALUE, or KEY (copied from the host, None when unset there)."""
     key, eq, _value = item.partition("=")
-    if not key or not _ENV_KEY.match(key):
-        raise UsageError(f"invalid environment variable: {item}", hint="use -e KEY=VALUE")
+    if not key or not _ENV_KEY.fullmatch(key):
+        raise UsageError(f"invalid environment variable: {_shown(item)}",
+                         hint="use -e KEY=VALUE")
     if eq:
         return item
     if key in host_env:
@@ -84,21 +90,59 @@ def parse_env_item(item: str, host_env: dict[str, str]) -> str | None:
     return None
 
 
+def _shown(text: str) -> str:
+    """`text` as typed, or repr()-quoted when it holds a control character (a newline
+    would split hv's one-line error)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _quoted(text: str) -> str:
+    """'text' as Docker quotes it, or repr() when it holds a control character."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def read_env_file(path: str) -> list[str]:
-    """Docker's --env-file: KEY=VALUE lines, '#' comments and blank lines ignored."""
+    """Docker's --env-file (docker/cli opts/file.go): lines split on LF (a CR before it
+    dropped), a UTF-8 BOM dropped, leading whitespace trimmed, '#' comments and blank lines
+    skipped, the value passed through untrimmed. As Docker, a file that is not UTF-8 is
+    refused ("env file F contains invalid utf8 bytes at line N: [...]"), and so is a name
+    with whitespace in it."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise UsageError(
             f"open {path}: {e.strerror.lower() if e.strerror else e}",
             hint="check the --env-file path",
         ) from None
     items = []
-    for line in text.splitlines():
-        stripped = line.lstrip()
-        if not stripped or stripped.startswith("#"):
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix(b"\r")
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = " ".join(str(b) for b in raw)
+            raise UsageError(
+                f"env file {_shown(path)} contains invalid utf8 bytes at line {number}: "
+                f"[{shown}]",
+                hint="save the --env-file as UTF-8, or pass such a value with -e",
+            ) from None
+        line = line.lstrip()
+        if not line or line.startswith("#"):
             continue
-        items.append(stripped)
+        name, eq, value = line.partition("=")
+        name = name.lstrip(" \t")
+        if " " in name or "\t" in name:
+            raise UsageError(f"poorly formatted environment: variable {_quoted(name)} contains "
+                             "whitespaces", hint=f"fix line {number} of {_shown(path)}: NAME=VALUE")
+        if not name:
+            raise UsageError(f"poorly formatted environment: no variable name on line "
+                             f"{_quoted(line)}", hint=f"fix line {number} of {_shown(path)}")
+        items.append(f"{name}={value}" if eq else line.strip())
     return items
 
 
@@ -147,21 +191,48 @@ def process_spec(image_config: dict, opts: RunOptions, host_env: dict[str, str] 
     return ProcessSpec(entrypoint, cmd, env, workdir, user)
 
 
-_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)b?$", re.IGNORECASE)
+_MEM = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)b?", re.IGNORECASE)
 _UNIT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
-def parse_memory(text: str) -> int:
-    """Docker's -m (`512m`, `1g`, `1.5G`, bytes) -> MiB for the VM."""
-    m = _MEM.match(text.strip())
+def host_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """The host's physical memory (MemTotal), None when it cannot be read."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f}GiB"
+
+
+def parse_memory(text: str, host_total: int | None = -1) -> int:
+    """Docker's -m (`512m`, `1g`, `1.5G`, bytes) -> MiB for the VM.
+
+    A VM's RAM cannot come from nowhere: a limit above the host's physical memory
+    (`host_total` bytes, /proc/meminfo's MemTotal by default; None skips the check) is
+    refused, where Docker, whose limit is a cgroup ceiling, only warns."""
+    m = _MEM.fullmatch(text.strip())
     if not m:
-        raise UsageError(f"invalid argument \"{text}\" for \"-m, --memory\" flag: invalid size",
-                         hint="use a size like 512m or 2g")
+        raise UsageError(f"invalid argument \"{_shown(text)}\" for \"-m, --memory\" flag: "
+                         "invalid size", hint="use a size like 512m or 2g")
     n = float(m.group(1)) * _UNIT[m.group(2).lower()]
     mib = int(math.ceil(n / 1024**2))
     if mib < MIN_MEMORY_MIB:
         raise UsageError(f"Minimum memory limit allowed is {MIN_MEMORY_MIB}MB for a VM",
                          hint="a guest kernel needs room too: use -m 256m or more")
+    total = host_memory_bytes() if host_total == -1 else host_total
+    if total and mib * 1024**2 > total:
+        raise UsageError(
+            f"memory limit {text.strip()} is more than the host's total memory "
+            f"({_gib(total)}): a VM's RAM must fit in the host's",
+            hint=f"use -m {total // 1024**2}m or less (the host has {total // 1024**2} MiB)",
+        )
     return mib
 
 
@@ -185,21 +256,38 @@ def parse_cpus(text: str, host_cpus: int | None = None) -> tuple[int, float]:
     return max(1, math.ceil(value)), value
 
 
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+# libvirt names the domain's files after it (the config `NAME.xml`, written as
+# `NAME.xml.new` first; `NAME.pid`, `NAME.log`) and a file name stops at 255 bytes (NAME_MAX):
+# 255 - len(".xml.new"). Measured with libvirt 9.0's embedded driver: 247 characters start,
+# 248 fail ("Failed to write file '.../NAME.xml.new': File name too long"). The UNIX sockets
+# (QEMU's monitor, hv's multiplexer) are named after the container id or libvirt's 20-character
+# short name, so they set no lower limit.
+MAX_NAME = 247
 
 
 def check_name(name: str) -> str:
-    name = name.lstrip("/")
-    if not _NAME.match(name):
+    """Docker's rule for --name: `/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`, the whole name (Go's regexp
+    `$` is the end of the text; Python's also matched before a final newline), and at most
+    MAX_NAME characters."""
+    name = name.removeprefix("/")
+    if not _NAME.fullmatch(name):
         raise UsageError(
-            f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed',
+            f"Invalid container name ({_shown(name)}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are "
+            "allowed",
             hint="pick another --name",
+        )
+    if len(name) > MAX_NAME:
+        raise UsageError(
+            f"Invalid container name ({name[:20]}..., {len(name)} characters): at most "
+            f"{MAX_NAME} characters are allowed",
+            hint="libvirt names the VM's files after the container; pick a shorter --name",
         )
     return name
 
 
 def check_hostname(hostname: str) -> str:
-    if not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", hostname):
-        raise UsageError(f"invalid hostname format: {hostname}",
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}", hostname):
+        raise UsageError(f"invalid hostname format: {_shown(hostname)}",
                          hint="use letters, digits, - and .")
     return hostname

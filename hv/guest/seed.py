@@ -3,9 +3,12 @@
 An ISO 9660 image with Rock Ridge names (the guest agent mounts it and reads the real names),
 one value per file: `argv` and `env` hold NUL-terminated items, the rest plain text without a
 trailing newline (the two SSH key files end in a newline, as OpenSSH writes them). Values may
-hold any byte except NUL. `mounts` (absent: none) holds six NUL-terminated fields per
-mount (see `_mounts`). Flags (`tty`, `stdin_open`, `wait_attach`, `maintenance`) are "1" or
-"0"; a file the agent does not find means its default (older seeds).
+hold any byte except NUL. Linux's argv and environment are bytes, not text: an item may be
+`bytes`, or a `str` as Python decodes such bytes (undecodable ones as surrogates, PEP 383),
+written back as the original bytes (`os.fsencode`). `mounts` (absent: none) holds six
+NUL-terminated fields per mount (see `_mounts`). Flags (`tty`, `stdin_open`, `wait_attach`,
+`maintenance`) are "1" or "0"; a file the agent does not find means its default (older
+seeds).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ class GuestMount:
 @dataclass
 class GuestSpec:
     container_id: str
-    argv: list[str]  # ENTRYPOINT + CMD, already merged by the host; non-empty
-    env: list[str]  # "KEY=VALUE", final list (image Env + -e, HOSTNAME, PATH)
+    argv: list[str | bytes]  # ENTRYPOINT + CMD, already merged by the host; non-empty
+    env: list[str | bytes]  # "KEY=VALUE", final list (image Env + -e, HOSTNAME, PATH)
     workdir: str = "/"
     user: str = ""  # "", "name", "uid", "name:group", "uid:gid"
     hostname: str = ""
@@ -63,18 +66,33 @@ def _mounts(mounts: list[GuestMount]) -> bytes:
     return _nul_list(items, "mounts")
 
 
-def _nul_list(items: list[str], what: str) -> bytes:
+def as_bytes(value: str | bytes) -> bytes:
+    """The bytes a command-line or environment string stands for: UTF-8, with the
+    surrogates Python decodes undecodable argv bytes to turned back into those bytes. Other
+    lone surrogates (only a crafted image config holds them) become U+FFFD, as Go's JSON
+    decoder makes them."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        fixed = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" and not "\udc80" <= ch <= "\udcff"
+                        else ch for ch in value)
+        return fixed.encode("utf-8", "surrogateescape")
+
+
+def _nul_list(items: list[str | bytes], what: str) -> bytes:
     out = bytearray()
     for item in items:
-        b = item.encode()
+        b = as_bytes(item)
         if b"\0" in b:
             raise ValueError(f"{what} item {item!r} contains a NUL byte")
         out += b + b"\0"
     return bytes(out)
 
 
-def _text(value: str, what: str) -> bytes:
-    b = value.encode()
+def _text(value: str | bytes, what: str) -> bytes:
+    b = as_bytes(value)
     if b"\0" in b:
         raise ValueError(f"{what} {value!r} contains a NUL byte")
     return b
