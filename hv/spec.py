@@ -259,8 +259,9 @@ def parse_cpus(text: str, host_cpus: int | None = None) -> tuple[int, float]:
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 # libvirt names the domain's files after it (the config `NAME.xml`, written as
 # `NAME.xml.new` first; `NAME.pid`, `NAME.log`) and a file name stops at 255 bytes (NAME_MAX):
-# 255 - len(".xml.new"). Measured with libvirt 9.0's embedded driver: 247 characters start,
-# 248 fail ("Failed to write file '.../NAME.xml.new': File name too long"). The UNIX sockets
+# 255 - len(".xml.new"). Measured with libvirt 9.0's embedded driver: 247 characters start
+# (run --rm and run -d, ps, rm), 248 fail ("Failed to create file '.../run/qemu/NAME.xml.new':
+# File name too long"), 255 fail earlier ("Cannot remove stale PID file"). The UNIX sockets
 # (QEMU's monitor, hv's multiplexer) are named after the container id or libvirt's 20-character
 # short name, so they set no lower limit.
 MAX_NAME = 247
