@@ -241,9 +241,11 @@ def inspect(
 ) -> None:
     """Low-level information on containers and images, as JSON."""
 
-    from cli.containers_view import write_inspect
+    from cli.containers_view import check_template, write_inspect
     from hv.errors import HvError, NotFound
 
+    if format:
+        check_template(format)  # Docker parses the template before any look-up
     engine = _engine()
     docs, failed = [], False
     for ref in names:

@@ -88,11 +88,11 @@ def _arg_bytes(arg: Arg) -> bytes:
     if isinstance(arg, bytes):
         return arg
     if isinstance(arg, str):
-        return arg.encode()
+        return arg.encode("utf-8", "surrogateescape")  # argv is bytes on Linux
     if isinstance(arg, (list, tuple)):
         out = bytearray()
         for item in arg:
-            b = item.encode() if isinstance(item, str) else bytes(item)
+            b = item.encode("utf-8", "surrogateescape") if isinstance(item, str) else bytes(item)
             if b"\0" in b:
                 raise ValueError(f"list item {item!r} contains a NUL byte")
             out += b + b"\0"

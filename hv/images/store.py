@@ -421,7 +421,8 @@ class ImageStore:
                     layers.extract([blobs.path(d) for d in layer_digests], rootfs, on_layer)
                     size = layers.tree_size(rootfs)
                     tmp_disk = work / "disk.ext4"
-                    disk.build(rootfs, tmp_disk, size, image_id)
+                    compressed = sum(blobs.path(d).stat().st_size for d in layer_digests)
+                    disk.build(rootfs, tmp_disk, size, image_id, compressed_bytes=compressed)
                     os.replace(tmp_disk, dest)
             except KeyboardInterrupt:
                 raise Interrupted("interrupted while building the image's base disk") from None

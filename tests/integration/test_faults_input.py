@@ -62,6 +62,13 @@ def test_non_utf8_argv_comes_back_byte_exact(hv, busybox):
         assert (p.returncode, p.stdout) == (0, '"echo \'\\xff\'"\n'), p.stderr  # shell-quoted
     finally:
         hv("rm", "-f", name)
+    try:  # exec carries argv and -e as bytes too (the agent's session arguments)
+        hv("run", "-d", "--name", name, busybox, "sleep", "600", check=True)
+        p = hv("exec", "-e", f"V={FF}", name, "sh", "-c", f'echo {FF}; printf %s "$V"',
+               input=b"")
+        assert (p.returncode, p.stdout) == (0, b"\xff\n\xff"), p.stderr
+    finally:
+        hv("rm", "-f", name)
     p = hv("run", "--rm", "-e", f"V={FF}\xfe", busybox, "sh", "-c", 'printf %s "$V"', input=b"")
     assert (p.returncode, p.stdout) == (0, b"\xff\xc3\xbe"), p.stderr
 
