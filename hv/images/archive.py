@@ -22,8 +22,10 @@ from hv import paths
 from hv.errors import HvError, UsageError, from_os_error
 from hv.images import blobs
 from hv.images.layers import compression
+from hv.images.model import LAYER_TYPES, OCI_CONFIG, OCI_MANIFEST, Image
+from hv.images.pull import pick_platform
+from hv.images.records import ImageRecords
 from hv.images.reference import Reference
-from hv.images.store import _LAYER_TYPES, OCI_CONFIG, OCI_MANIFEST, Image, ImageStore
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -68,13 +70,13 @@ class _Tar:
             raise ArchiveError(f"{name} in the archive is not valid JSON") from e
 
 
-def load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
+def load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
     """Load every image of the archive; a failed load leaves no new blobs behind."""
     before = _blob_names()
     try:
         return _load(store, source)
     except BaseException:
-        store._forget_blobs(["sha256:" + n for n in _blob_names() - before])
+        store.forget_blobs(["sha256:" + n for n in _blob_names() - before])
         raise
 
 
@@ -85,7 +87,7 @@ def _blob_names() -> set[str]:
         return set()
 
 
-def _load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
+def _load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
     if isinstance(source, (str, Path)):
         try:
             return _load_file(store, Path(source), Path(source).name.partition(".")[0],
@@ -102,7 +104,7 @@ def _load(store: ImageStore, source: Path | BinaryIO) -> list[str]:
         return _load_file(store, tmp, label="stdin")
 
 
-def _load_file(store: ImageStore, path: Path, file_stem: str = "", label: str = "") -> list[str]:
+def _load_file(store: ImageRecords, path: Path, file_stem: str = "", label: str = "") -> list[str]:
     try:
         with tarfile.open(path, "r:*") as tf:
             tar = _Tar(tf)
@@ -130,12 +132,12 @@ def _load_file(store: ImageStore, path: Path, file_stem: str = "", label: str = 
     return lines
 
 
-def _record(store: ImageStore, image_id: str, manifest: str, layers: list[str], size: int,
+def _record(store: ImageRecords, image_id: str, manifest: str, layers: list[str], size: int,
             tags: list[str]) -> None:
     """Build the base disk, then record the image: listed only once it can run."""
     _disk, built = store.build_disk(image_id, layers)
     try:
-        store._commit(image_id, manifest, layers, size if built is None else built, tags, [])
+        store.commit(image_id, manifest, layers, size if built is None else built, tags, [])
     except BaseException:
         if built is not None:
             store.forget_disk(image_id)
@@ -172,13 +174,13 @@ def _synth_manifest(config_digest: str, config: bytes, layers: list[tuple[str, i
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
         "layers": [
-            {"mediaType": _LAYER_TYPES[kind], "digest": d, "size": s} for d, s, kind in layers
+            {"mediaType": LAYER_TYPES[kind], "digest": d, "size": s} for d, s, kind in layers
         ],
     }
     return blobs.put_bytes(json.dumps(doc, separators=(",", ":")).encode())
 
 
-def _load_docker(store: ImageStore, tar: _Tar) -> list[tuple[str, list[str]]]:
+def _load_docker(store: ImageRecords, tar: _Tar) -> list[tuple[str, list[str]]]:
     entries = tar.json("manifest.json")
     if not isinstance(entries, list):
         raise ArchiveError("manifest.json in the archive is not a list")
@@ -238,7 +240,7 @@ def _object(tar: _Tar, name: str) -> dict:
     return doc
 
 
-def _load_oci(store: ImageStore, tar: _Tar, file_stem: str) -> list[tuple[str, list[str]]]:
+def _load_oci(store: ImageRecords, tar: _Tar, file_stem: str) -> list[tuple[str, list[str]]]:
     loaded = []
     manifests = _object(tar, "index.json").get("manifests", [])
     if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
@@ -250,8 +252,6 @@ def _load_oci(store: ImageStore, tar: _Tar, file_stem: str) -> list[tuple[str, l
         body = tar.read(_blob_name(digest))
         doc = _object(tar, _blob_name(digest))
         if desc.get("mediaType") in INDEX_TYPES or doc.get("mediaType") in INDEX_TYPES:
-            from hv.images.pull import pick_platform
-
             digest = pick_platform(doc, "the archive", ArchiveError)
             body = tar.read(_blob_name(digest))
             doc = _object(tar, _blob_name(digest))

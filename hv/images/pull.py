@@ -11,9 +11,10 @@ import json
 from hv import paths
 from hv.errors import HvError, RegistryError
 from hv.images import blobs
+from hv.images.model import Image, Progress, PullEvent
+from hv.images.records import ImageRecords
 from hv.images.reference import Reference
 from hv.images.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
-from hv.images.store import Image, ImageStore, Progress, PullEvent
 
 
 def _short(digest: str) -> str:
@@ -51,18 +52,18 @@ def _manifest_json(body: bytes, what: str) -> dict:
     return doc
 
 
-def pull(store: ImageStore, text: str, emit: Progress) -> Image:
+def pull(store: ImageRecords, text: str, emit: Progress) -> Image:
     """Pull `text`; blobs stored by a pull that fails before its commit are removed again."""
     stored: list[str] = []
     try:
         return _pull(store, text, emit, stored)
     except BaseException:
         if stored:
-            store._forget_blobs(stored)
+            store.forget_blobs(stored)
         raise
 
 
-def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Image:
+def _pull(store: ImageRecords, text: str, emit: Progress, stored: list[str]) -> Image:
     ref = Reference.parse(text)
     what = ref.familiar()
     client = RegistryClient(ref.registry, ref.repository)
@@ -130,7 +131,7 @@ def _pull(store: ImageStore, text: str, emit: Progress, stored: list[str]) -> Im
     repo_digest = f"{ref.familiar_name}@{top_digest}"
     size = built if built is not None else sum(s for _, s in layer_descs)
     try:
-        changed = store._commit(config_digest, manifest_digest, layers, size, tags, [repo_digest])
+        changed = store.commit(config_digest, manifest_digest, layers, size, tags, [repo_digest])
     except BaseException:
         if built is not None:
             store.forget_disk(config_digest)

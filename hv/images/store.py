@@ -7,104 +7,16 @@ pull reports progress through PullEvent callbacks.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import re
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from hv import paths
-from hv.errors import (
-    Conflict,
-    HvError,
-    ImageNotFound,
-    Interrupted,
-    RegistryError,
-    UsageError,
-    from_os_error,
-)
-from hv.images import blobs, index, scratch
+from hv.errors import Conflict, Interrupted, UsageError
+from hv.images import archive, blobs, index
+from hv.images import pull as pulling
+from hv.images.model import Image, Progress, PullEvent
+from hv.images.records import _HEX_PREFIX, ImageRecords
 from hv.images.reference import Reference
-
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-_LAYER_TYPES = {
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "none": "application/vnd.oci.image.layer.v1.tar",
-}
-_HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
-
-
-@dataclass
-class PullEvent:
-    layer: str
-    status: str
-    current: int = 0
-    total: int = 0
-
-
-Progress = Callable[[PullEvent], None]
-
-
-def parse_created(text: str | None) -> datetime | None:
-    """RFC 3339 with up to nanoseconds (what image configs carry) -> aware datetime."""
-    if not text:
-        return None
-    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
-    if not match:
-        return None
-    frac = (match.group(2) or ".0")[:7]
-    zone = match.group(3) or "Z"
-    zone = "+00:00" if zone == "Z" else zone
-    try:
-        return datetime.fromisoformat(match.group(1) + frac.ljust(7, "0") + zone)
-    except ValueError:
-        return None
-
-
-@dataclass
-class Image:
-    id: str
-    repo_tags: list[str]
-    repo_digests: list[str]
-    config: dict
-    created: datetime | None
-    size: int
-    manifest_digest: str
-    layers: list[str] = field(default_factory=list)
-
-    @property
-    def short_id(self) -> str:
-        return self.id.removeprefix("sha256:")[:12]
-
-    @property
-    def run_config(self) -> dict:
-        return self.config.get("config") or {}
-
-    def inspect(self) -> dict:
-        """Docker's `image inspect` shape."""
-        rootfs = self.config.get("rootfs") or {}
-        return {
-            "Id": self.id,
-            "RepoTags": list(self.repo_tags),
-            "RepoDigests": list(self.repo_digests),
-            "Parent": "",
-            "Comment": "",
-            "Created": self.config.get("created", ""),
-            "Author": self.config.get("author", ""),
-            "Config": self.run_config,
-            "Architecture": self.config.get("architecture", ""),
-            "Os": self.config.get("os", ""),
-            "Size": self.size,
-            "RootFS": {"Type": rootfs.get("type", "layers"), "Layers": rootfs.get("diff_ids", [])},
-        }
 
 
 def _repo_of(familiar_ref: str) -> str:
@@ -113,131 +25,8 @@ def _repo_of(familiar_ref: str) -> str:
     return ref.familiar_name
 
 
-class ImageStore:
-    """`qemu_reads_by_path`: a libvirtd runs QEMU as its own user, which must reach the base
-    disks by path (the folder is 0711 then, never listable); otherwise the folder is 0700:
-    a privately pulled image is its owner's alone, as the container folders are."""
-
-    def __init__(self, root: Path, qemu_reads_by_path: bool = False) -> None:
-        self.root = Path(root)
-        self.mode = 0o711 if qemu_reads_by_path else 0o700
-
-    def _prepare(self) -> None:
-        """Make the store's folder with its mode (and fix one an older hv made 0755)."""
-        self.root.mkdir(mode=self.mode, parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o777 != self.mode:
-            self.root.chmod(self.mode)
-
-    # --- reading ----------------------------------------------------------------------
-
-    def _image(self, image_id: str, record: dict) -> Image:
-        try:
-            config = json.loads(blobs.read(image_id))
-        except ValueError:
-            config = {}
-        return Image(
-            id=image_id,
-            repo_tags=list(record.get("repo_tags", [])),
-            repo_digests=list(record.get("repo_digests", [])),
-            config=config,
-            created=parse_created(config.get("created")),
-            size=int(record.get("size", 0)),
-            manifest_digest=record.get("manifest", ""),
-            layers=list(record.get("layers", [])),
-        )
-
-    def _resolve(self, data: dict, text: str) -> tuple[str, str | None]:
-        """(image id, the familiar ref that matched or None when matched by id)."""
-        images = data["images"]
-        try:
-            ref = Reference.parse(text)
-        except UsageError:
-            ref = None
-        if ref is not None:
-            if ref.digest:
-                key = f"{ref.familiar_name}@{ref.digest}"
-                for image_id, rec in images.items():
-                    if key in rec.get("repo_digests", []):
-                        return image_id, key
-            else:
-                key = ref.familiar()
-                for image_id, rec in images.items():
-                    if key in rec.get("repo_tags", []):
-                        return image_id, key
-        match = _HEX_PREFIX.match(text)
-        if match:
-            found = [i for i in images if i.removeprefix("sha256:").startswith(match.group(1))]
-            if len(found) == 1:
-                return found[0], None
-            if len(found) > 1:
-                raise ImageNotFound(
-                    f"No such image: {text}",
-                    hint=f"the id prefix {text} matches {len(found)} images; give more of the id",
-                )
-        raise ImageNotFound(f"No such image: {text}")
-
-    def get(self, name_or_id: str) -> Image:
-        data = index.load()
-        image_id, _ = self._resolve(data, name_or_id)
-        return self._image(image_id, data["images"][image_id])
-
-    def exists(self, name_or_id: str) -> bool:
-        try:
-            self._resolve(index.load(), name_or_id)
-        except ImageNotFound:
-            return False
-        return True
-
-    def list(self) -> list[Image]:
-        data = index.load()
-        out = [self._image(i, rec) for i, rec in data["images"].items()]
-        epoch = datetime.fromtimestamp(0, UTC)
-        out.sort(key=lambda im: (im.created or epoch, im.id), reverse=True)
-        return out
-
-    # --- writing ----------------------------------------------------------------------
-
-    @staticmethod
-    def _claim(data: dict, image_id: str, tags: list[str], digests: list[str]) -> None:
-        """Point `tags` at `image_id`, taking them from any other image (as Docker does)."""
-        for other_id, rec in data["images"].items():
-            if other_id != image_id:
-                rec["repo_tags"] = [t for t in rec.get("repo_tags", []) if t not in tags]
-        rec = data["images"][image_id]
-        for name, items in (("repo_tags", tags), ("repo_digests", digests)):
-            for item in items:
-                if item not in rec.setdefault(name, []):
-                    rec[name].append(item)
-
-    def _commit(
-        self,
-        image_id: str,
-        manifest_digest: str,
-        layers: list[str],
-        size: int,
-        tags: list[str],
-        digests: list[str],
-    ) -> bool:
-        """Record an image whose blobs are all stored. Returns False if tags already matched."""
-        for digest in [image_id, manifest_digest, *layers]:
-            blobs.check(digest, "an image record")
-        with index.transaction() as data:
-            missing = [d for d in [image_id, manifest_digest, *layers] if not blobs.exists(d)]
-            if missing:
-                raise HvError(
-                    f"image content {missing[0]} vanished while the image was stored",
-                    hint="another hv removed it at the same time; run the command again",
-                )
-            images = data["images"]
-            fresh = image_id not in images
-            rec = images.setdefault(
-                image_id, {"repo_tags": [], "repo_digests": [], "size": size, "added": time.time()}
-            )
-            up_to_date = not fresh and all(t in rec["repo_tags"] for t in tags)
-            rec["manifest"] = manifest_digest
-            rec["layers"] = layers
-            self._claim(data, image_id, tags, digests)
-        return not up_to_date
+class ImageStore(ImageRecords):
+    """Docker's image verbs over the records: tag, rmi, pull, load, save."""
 
     def tag(self, source: str, target: str) -> None:
         ref = Reference.parse(target)
@@ -307,134 +96,32 @@ class ImageStore:
                 self.forget_disk(image_id)
         return out
 
-    @staticmethod
-    def _forget_blobs(digests: list[str]) -> None:
-        """Delete blobs of an aborted pull/load that no recorded image refers to."""
-        with index.locked():
-            data = index.load()
-            used = set()
-            for image_id, rec in data["images"].items():
-                used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
-            blobs.delete(set(digests) - used)
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Around a pull or load: first the leftovers of killed ones go (scratch files whose
-        owner is gone, blobs no record names), then this one is marked in progress."""
-        self._prepare()
-        scratch.sweep()
-        self.prune_orphans()
-        with open(paths.image_writers_lock(), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            yield
-
-    def prune_orphans(self) -> list[str]:
-        """Delete blobs no image record names (left by a pull or load that was killed);
-        skipped while another pull or load is in progress. Returns the digests removed."""
-        if not paths.images_root().is_dir():
-            return []
-        with open(paths.image_writers_lock(), "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return []
-            with index.locked():
-                data = index.load()
-                used = set()
-                for image_id, rec in data["images"].items():
-                    used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
-                try:
-                    names = os.listdir(paths.blobs_dir())
-                except OSError:
-                    names = []
-                orphans = {"sha256:" + n for n in names} - used
-                blobs.delete(orphans)
-        return sorted(o for o in orphans if paths.is_digest(o))
-
-    # --- pull ---------------------------------------------------------------------------
-
     def pull(self, ref: str, progress: Progress | None = None) -> Image:
-        from hv.images.pull import pull
-
         try:
             with self.writing():
-                return pull(self, ref, progress or (lambda _e: None))
+                return pulling.pull(self, ref, progress or (lambda _e: None))
         except KeyboardInterrupt:
             raise Interrupted(f"pull of {ref} interrupted") from None
 
     # --- load / save ----------------------------------------------------------------------
 
     def load(self, source: Path | BinaryIO) -> list[str]:
-        from hv.images.archive import load
-
         try:
             with self.writing():
-                return load(self, source)
+                return archive.load(self, source)
         except KeyboardInterrupt:
             raise Interrupted("load interrupted") from None
 
     def save(self, names: list[str], dest: Path | BinaryIO, fmt: str = "docker") -> None:
-        from hv.images.archive import save
-
         if fmt not in ("docker", "oci"):
             raise UsageError(f"unknown save format {fmt!r}", hint="use --format docker or oci")
         images = [self.get(n) for n in names]
         try:
-            save(images, names, dest, fmt)
+            archive.save(images, names, dest, fmt)
         except KeyboardInterrupt:
             raise Interrupted("save interrupted") from None
 
     # --- base disks -------------------------------------------------------------------
 
-    def base_disk(self, image: Image, on_layer: Callable[[int], None] | None = None) -> Path:
-        """The image's ext4 base disk, built from its layers the first time it is needed
-        (images pulled or loaded by this hv have one already: see build_disk)."""
-        dest, size = self.build_disk(image.id, image.layers, on_layer)
-        if size is not None:
-            with index.transaction() as data:
-                if image.id in data["images"]:
-                    data["images"][image.id]["size"] = size
-            image.size = size
-        return dest
 
-    def build_disk(
-        self, image_id: str, layer_digests: list[str], on_layer: Callable[[int], None] | None = None
-    ) -> tuple[Path, int | None]:
-        """Build the base disk of an image whose blobs are stored; (path, the unpacked size,
-        or None when the disk existed). pull and load call it before the image is recorded,
-        so an image is listed only once it can run."""
-        dest = paths.base_disk(image_id)
-        if dest.exists():
-            return dest, None
-        from hv.images import disk, layers
-
-        self._prepare()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(paths.base_disk_lock(image_id), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if dest.exists():
-                return dest, None
-            try:
-                with scratch.folder("rootfs-") as work:
-                    rootfs = work / "rootfs"
-                    rootfs.mkdir(mode=0o755)
-                    layers.extract([blobs.path(d) for d in layer_digests], rootfs, on_layer)
-                    size = layers.tree_size(rootfs)
-                    tmp_disk = work / "disk.ext4"
-                    compressed = sum(blobs.path(d).stat().st_size for d in layer_digests)
-                    disk.build(rootfs, tmp_disk, size, image_id, compressed_bytes=compressed)
-                    os.replace(tmp_disk, dest)
-            except KeyboardInterrupt:
-                raise Interrupted("interrupted while building the image's base disk") from None
-            except OSError as e:
-                raise from_os_error(e, paths.state_root()) from e
-        return dest, size
-
-    def forget_disk(self, image_id: str) -> None:
-        """Remove a base disk built for an image that was then not recorded."""
-        paths.base_disk(image_id).unlink(missing_ok=True)
-        paths.base_overlay(paths.base_disk(image_id)).unlink(missing_ok=True)
-        paths.base_disk_lock(image_id).unlink(missing_ok=True)
-
-
-__all__ = ["Image", "ImageStore", "PullEvent", "RegistryError"]
+__all__ = ["Image", "ImageStore", "PullEvent"]
