@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from cli.args import command_name
+
 # Commands that make exactly one libvirt call right after preparing their files.
 PREOPEN = {"run"}
-
-
-def command_name(args: list[str]) -> str:
-    """The subcommand's name: the first word that is neither an option nor -H's value."""
-    it = iter(args)
-    for a in it:
-        if a in ("-H", "--host"):
-            next(it, None)
-        elif not a.startswith("-"):
-            return a
-    return ""
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.entry import command_name
+from cli.args import command_name
 from cli.errors import each, print_error
 
 app = typer.Typer(

@@ -12,7 +12,6 @@ REPO = Path(__file__).resolve().parents[2]
 KNOWN = {
     frozenset({"hv.containers", "hv.engine", "hv.guestops", "hv.restart", "hv.volumes"}),
     frozenset({"hv.compare", "hv.compare.legs", "hv.compare.runner"}),
-    frozenset({"cli.entry", "cli.main"}),
 }
 
 
