@@ -27,8 +27,8 @@ def compare(
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="skip the untimed warm-up run of each column")] = False,
 ) -> None:
     """Run one workload as a process, a namespace container and an hv VM; compare them."""
-    from hv.compare import Options, parse_only
-    from hv.compare import compare as run_compare
+    from hv.compare.runner import Options, parse_only
+    from hv.compare.runner import compare as run_compare
     from hv.errors import UsageError
 
     fmt = format.strip().lower()

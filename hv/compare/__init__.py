@@ -6,8 +6,7 @@
 - measure.py:  statistics, process-tree RSS, the host's page cache
 - runner.py:   the order of runs, clean-up on Ctrl-C
 - report.py:   the JSON document, the table's rows and footnotes, markdown, the PNG
+
+The package imports nothing itself (its modules import each other through it): the entry
+points are hv.compare.runner's `compare`, `Options`, `parse_only` and `LEGS`.
 """
-
-from hv.compare.runner import LEGS, Options, compare, parse_only
-
-__all__ = ["LEGS", "Options", "compare", "parse_only"]
