@@ -18,7 +18,16 @@ _CTRL_ALT_DEL = [29, 56, 111]
 
 
 def not_running(c: Container, action: str = "") -> Conflict:
+    """Docker's "is not running", with the reason when hv itself stopped the container
+    (hv.engine.Engine._stop_broken records it as an `error` line after `started`)."""
+    from hv.guest.logstream import read_status
+
     what = f"cannot {action} container: {c.name}: " if action else ""
+    st = read_status(paths.container_status(c.id))
+    if st.error and st.started_ns is not None:
+        return Conflict(f"{what}container {c.id} is not running: {st.error}",
+                        hint=f"start it again with 'hv start {c.name}'; the files in its "
+                             "volumes and bind folders are kept")
     return Conflict(f"{what}container {c.id} is not running",
                     hint=f"start it first with 'hv start {c.name}'")
 
@@ -189,9 +198,13 @@ def _sample(conn, names: list[str]) -> dict[str, dict]:
     for name in names:
         try:
             dom = conn.lookupByName(name)
-            cpu_ns = dom.info()[4]
+            info = dom.info()
         except libvirt.libvirtError:
             continue
+        if info[0] in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN,
+                       libvirt.VIR_DOMAIN_CRASHED):
+            continue  # powered off meanwhile: its CPU time reads 0, no sample
+        cpu_ns = info[4]
         try:
             rss = dom.memoryStats().get("rss", 0) * 1024
         except libvirt.libvirtError:
@@ -201,7 +214,12 @@ def _sample(conn, names: list[str]) -> dict[str, dict]:
             blk = (rd[1], rd[3])
         except libvirt.libvirtError:
             blk = (0, 0)
-        out[name] = {"cpu": cpu_ns, "rss": rss, "blk": blk, "t": time.monotonic()}
+        try:
+            boot = dom.ID()  # a new one at each start
+        except libvirt.libvirtError:
+            boot = -1
+        out[name] = {"cpu": cpu_ns, "rss": rss, "blk": blk, "t": time.monotonic(),
+                     "boot": boot}
     return out
 
 
@@ -215,12 +233,15 @@ def stats(cs: list[Container], interval: float = 1.0) -> list[dict]:
     for c in cs:
         a, b = first.get(c.name), second.get(c.name)
         limit = c.record.memory_mib * 1024 * 1024
-        if not (a and b):
+        if not b:
             rows.append({"id": c.id, "name": c.name, "cpu": 0.0, "mem": 0, "limit": limit,
                          "blk": (0, 0)})
             continue
-        dt = max(1e-6, b["t"] - a["t"])
-        cpu = (b["cpu"] - a["cpu"]) / 1e9 / dt * 100
+        cpu = 0.0  # no first sample of this boot (started or restarted meanwhile): no rate
+        if a and a["boot"] == b["boot"]:
+            dt = max(1e-6, b["t"] - a["t"])
+            # CPU time only grows while one QEMU runs: never a negative rate
+            cpu = max(0.0, (b["cpu"] - a["cpu"]) / 1e9 / dt * 100)
         rows.append({"id": c.id, "name": c.name, "cpu": cpu, "mem": b["rss"], "limit": limit,
                      "blk": b["blk"]})
     return rows

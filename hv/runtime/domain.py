@@ -30,17 +30,28 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 @dataclass
 class Disk:
-    """A virtio-blk disk the guest finds by its serial (no reliance on vda/vdb order)."""
+    """A virtio-blk disk the guest finds by its serial (no reliance on vda/vdb order).
+
+    I/O errors of the host file (ENOSPC when the state root is full, EIO) are reported to
+    the guest (`error_policy`/`rerror_policy` 'report': the guest kernel gets an I/O error
+    for that request and the container sees it, as a full disk under Docker). libvirt's
+    default, 'stop', pauses the whole VM on the first failed write: the guest freezes with
+    its main process, nobody is told, and with no daemon nothing ever resumes it.
+    ('enospace' is no better here: it pauses on ENOSPC and reports only other errors.)
+    """
 
     path: Path
     serial: str
     target: str
     fmt: str = "qcow2"
     readonly: bool = False
+    error_policy: str = "report"  # writes: stop | report | ignore | enospace
+    rerror_policy: str = "report"  # reads: stop | report | ignore
 
     def element(self, devices: ET.Element) -> None:
         disk = _sub(devices, "disk", type="file", device="disk")
-        _sub(disk, "driver", name="qemu", type=self.fmt, discard="unmap")
+        _sub(disk, "driver", name="qemu", type=self.fmt, discard="unmap",
+             error_policy=self.error_policy, rerror_policy=self.rerror_policy)
         _sub(disk, "source", file=str(self.path))
         _sub(disk, "target", dev=self.target, bus="virtio")
         if self.readonly:
@@ -235,6 +246,19 @@ class DomainSpec:
 
 ET.register_namespace(HV_PREFIX, HV_NS)
 ET.register_namespace("qemu", QEMU_NS)
+
+
+def report_io_errors(xml: str) -> str | None:
+    """`xml` with every disk reporting I/O errors to the guest (see `Disk`), or None when
+    it does already: a domain defined by an older hv is brought up to date at its start."""
+    dom = ET.fromstring(xml)
+    changed = False
+    for driver in dom.findall("devices/disk/driver"):
+        for attr in ("error_policy", "rerror_policy"):
+            if driver.get(attr) in (None, "stop", "enospace"):
+                driver.set(attr, "report")
+                changed = True
+    return ET.tostring(dom, encoding="unicode") if changed else None
 
 
 def read_metadata(xml: str) -> dict | None:

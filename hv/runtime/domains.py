@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from hv import paths
 from hv.errors import Conflict, RuntimeFailure
 from hv.runtime.connection import Opened, call, first_line, is_embedded, libvirt_module
-from hv.runtime.domain import read_metadata, record_of
+from hv.runtime.domain import read_metadata, record_of, report_io_errors
 
 
 @dataclass
@@ -24,6 +25,18 @@ class DomainInfo:
     persistent: bool
     record: dict
     paused: bool = False
+    # why it is paused, in libvirt's words ("user", "ioerror", ...) or QEMU's run state
+    # ("io-error", "internal-error", ...) when QEMU paused by itself with nobody to record it
+    reason: str = ""
+    dom_id: str = ""  # libvirt's id of a running domain (names its virtiofsd pid files)
+    monitor: str = ""  # QEMU's QMP socket of a running domain of the embedded root
+    shares: list[tuple[str, str]] = field(default_factory=list)  # virtiofs (alias, tag)
+
+
+# libvirt's virDomainPausedReason values and names (those a paused container can show)
+_PAUSED_REASONS = {1: "user", 2: "migration", 3: "ioerror", 4: "watchdog", 6: "dump",
+                   8: "shutdown", 9: "snapshot", 10: "crashed", 11: "starting-up",
+                   12: "postcopy", 13: "postcopy-failed"}
 
 
 def _list(conn) -> tuple[list[DomainInfo], bool]:
@@ -33,7 +46,7 @@ def _list(conn) -> tuple[list[DomainInfo], bool]:
     for dom in conn.listAllDomains():
         try:
             xml = dom.XMLDesc(0)
-            state = dom.state()[0]
+            state, reason = dom.state()
             active = bool(dom.isActive())
             persistent = bool(dom.isPersistent())
         except libvirt.libvirtError as e:
@@ -43,8 +56,10 @@ def _list(conn) -> tuple[list[DomainInfo], bool]:
         record = read_metadata(xml)
         if record is None:
             continue
+        paused = state == libvirt.VIR_DOMAIN_PAUSED
         out.append(DomainInfo(dom.name(), dom.UUIDString(), active, persistent, record,
-                              paused=state == libvirt.VIR_DOMAIN_PAUSED))
+                              paused=paused,
+                              reason=_PAUSED_REASONS.get(reason, "") if paused else ""))
     return out, complete
 
 
@@ -100,10 +115,138 @@ def _list_files() -> list[DomainInfo]:
             persistent = name in found
             if not alive and not persistent:
                 continue  # a transient domain whose QEMU is gone: gone
-            found[name] = DomainInfo(name, dom.findtext("uuid") or "", alive, persistent,
-                                     found[name].record if persistent else record,
-                                     paused=alive and tree.get("state") == "paused")
+            paused = alive and tree.get("state") == "paused"
+            found[name] = DomainInfo(
+                name, dom.findtext("uuid") or "", alive, persistent,
+                found[name].record if persistent else record, paused=paused,
+                reason=tree.get("reason", "") if paused else "", dom_id=dom.get("id", ""),
+                monitor=(tree.find("monitor").get("path", "")
+                         if alive and tree.find("monitor") is not None else ""),
+                shares=_virtiofs_shares(dom) if alive else [])
     return list(found.values())
+
+
+def _virtiofs_shares(dom) -> list[tuple[str, str]]:
+    out = []
+    for fs in dom.findall("devices/filesystem"):
+        driver, alias, target = fs.find("driver"), fs.find("alias"), fs.find("target")
+        if driver is not None and driver.get("type") == "virtiofs" and alias is not None \
+                and target is not None:
+            out.append((alias.get("name", ""), target.get("dir", "")))
+    return out
+
+
+# --- what the status files cannot tell -------------------------------------------------------
+#
+# On the embedded root no libvirt process is alive between hv commands, so nobody hears
+# QEMU's events: a guest QEMU paused by itself (an I/O error under error_policy 'stop', an
+# internal error) stays "running" in libvirt's status file, and a virtiofsd that died leaves
+# its pid file behind. Both are read from the processes themselves.
+
+QMP_TIMEOUT = 0.25
+
+
+def probe_run_states(infos: list[DomainInfo], timeout: float = QMP_TIMEOUT) -> None:
+    """Ask the QEMU of each running, unpaused embedded domain for its run state (QMP
+    `query-status` on its monitor socket, all at once, ~1 ms each) and mark the ones QEMU
+    paused by itself (`io-error`, `internal-error`, ...) as paused with that reason.
+
+    A monitor held by a libvirt process (another hv command's child; it keeps the status
+    file right itself) answers only after it lets go: such a domain keeps what its status
+    file says once `timeout` passed.
+    """
+    import selectors
+    import socket
+
+    todo = [i for i in infos if i.active and not i.paused and i.monitor]
+    if not todo:
+        return
+    sel = selectors.DefaultSelector()
+    bufs: dict[socket.socket, bytearray] = {}
+    try:
+        for info in todo:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.setblocking(False)
+                sock.connect(info.monitor)
+            except OSError:
+                sock.close()
+                continue
+            bufs[sock] = bytearray()
+            sel.register(sock, selectors.EVENT_READ, info)
+        sent: set[socket.socket] = set()
+        deadline = time.monotonic() + timeout
+        while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                sock, info = key.fileobj, key.data
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(sock)
+                    continue
+                bufs[sock] += data
+                if sock not in sent and b"\n" in bufs[sock]:  # QEMU's greeting
+                    sent.add(sock)
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b'{"execute":"qmp_capabilities"}\n'
+                                     b'{"execute":"query-status","id":"hv"}\n')
+                    continue
+                status = _qmp_status(bufs[sock])
+                if status is not None:
+                    sel.unregister(sock)
+                    if status not in ("running", "prelaunch", "finish-migrate", "inmigrate"):
+                        info.paused = True
+                        info.reason = status
+    finally:
+        for sock in bufs:
+            sock.close()
+        sel.close()
+
+
+def _qmp_status(buf: bytearray) -> str | None:
+    import json
+
+    for line in bytes(buf).splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and msg.get("id") == "hv" and isinstance(msg.get("return"), dict):
+            return str(msg["return"].get("status", ""))
+    return None
+
+
+def dead_shares(info: DomainInfo) -> list[str]:
+    """Tags of the running domain's virtiofs shares whose virtiofsd is gone.
+
+    libvirt starts one virtiofsd per share and records its pid in
+    run/qemu/ID-NAME-ALIAS-fs.pid (the name cut at 20 characters); the process must be
+    alive and be a virtiofsd (not a stranger that got the pid)."""
+    if not (info.active and info.shares and info.dom_id and is_embedded()):
+        return []
+    folder = paths.libvirt_root() / "run" / "qemu"
+    dead = []
+    for alias, tag in info.shares:
+        pidfile = folder / f"{info.dom_id}-{info.name[:20]}-{alias}-fs.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue  # not libvirt's layout as known here: no verdict
+        if not (pid_alive(pid) and b"virtiofsd" in _cmdline(pid)):
+            dead.append(tag)
+    return dead
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> list:
@@ -111,6 +254,10 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
     try:
         if xml is None:
             dom = conn.lookupByName(name)
+            # a container defined by an older hv pauses on a disk error: not from now on
+            newer = report_io_errors(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if newer is not None:
+                dom = conn.defineXML(newer)
             dom.create()
         elif persistent:
             dom = conn.defineXML(xml)
@@ -248,8 +395,6 @@ def wait_reaped(name: str, timeout: float = 5.0) -> None:
     libvirt counts a zombie as running; where init reaps orphans lazily (seen: ~1 s in
     sandboxes), the next libvirt operation would still see the domain active.
     """
-    import time
-
     if not is_embedded():
         return
     pidfile = paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
