@@ -82,13 +82,19 @@ class Volume:
 
 
 @contextlib.contextmanager
-def locked() -> Iterator[None]:
+def locked(create: bool = True) -> Iterator[bool]:
+    """The volumes lock, held exclusively. Without `create`, for those that only remove
+    or look: where no volume was ever made nothing is made for the lock (a look-up makes no
+    state), and False is yielded without locking: there is nothing to protect."""
     d = paths.volumes_dir()
+    if not create and not d.is_dir():
+        yield False
+        return
     d.mkdir(parents=True, exist_ok=True)
     fd = os.open(paths.volumes_lock(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)
 
@@ -184,7 +190,7 @@ def _delete_locked(name: str) -> None:
 def remove(name: str, force: bool = False) -> str:
     """`hv volume rm`: refuses a volume any container uses (Docker does, even with -f);
     `-f` only makes a missing volume not an error."""
-    with locked():
+    with locked(create=False):
         try:
             get(name)
         except VolumeNotFound:
@@ -202,7 +208,7 @@ def remove(name: str, force: bool = False) -> str:
 def remove_anonymous(names: list[str]) -> list[str]:
     """Anonymous volumes of a removed container that no other container uses."""
     removed = []
-    with locked():
+    with locked(create=False):
         used = users()
         for name in names:
             v = _read(name)
@@ -215,7 +221,7 @@ def remove_anonymous(names: list[str]) -> list[str]:
 def prune(all: bool = False) -> tuple[list[str], int]:
     """Unused volumes: anonymous ones (Docker >= 23), every unused one with `all`."""
     removed, reclaimed = [], 0
-    with locked():
+    with locked(create=False):
         used = users()
         for v in list_volumes():
             if used.get(v.name) or not (all or v.anonymous):
@@ -380,7 +386,7 @@ class Attached:
         self.dirs: list[Path] = []
 
     def undo(self) -> None:
-        with locked():
+        with locked(create=False):
             used = users()
             for name in self.volumes:
                 if not used.get(name) and _read(name) is not None:
