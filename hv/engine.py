@@ -39,6 +39,8 @@ DEFAULT_MEMORY_MIB = 512
 START_TIMEOUT = float(os.environ.get("HV_START_TIMEOUT", "180"))
 POLL = 0.02
 POLL_BRISK = 0.005
+LOG_RESERVE = 256 * 1024
+CONSOLE_RESERVE = 64 * 1024
 
 
 @dataclass
@@ -51,6 +53,9 @@ class LogLine:
 class Engine:
     def __init__(self) -> None:
         self.notices: list[str] = []
+        self._infos: dict = {}  # container id -> its DomainInfo, from the last listing
+        self._paused_why: dict[str, str] = {}  # container id -> why QEMU/libvirt paused it
+        self._made: dict = {}  # container id -> the volumes and folders its `run` made
 
     @cached_property
     def images(self):
@@ -71,39 +76,133 @@ class Engine:
     # --- listing and lookup --------------------------------------------------------------
 
     def containers(self, all: bool = False) -> list[Container]:
+        """Every container (`all`) or the running ones, as they are now: a VM that QEMU
+        paused by itself shows as paused, and one that lost a shared folder for good is
+        stopped first (see `_stop_broken`)."""
+        found = self._list(check=True)
+        return found if all else [c for c in found if c.active]
+
+    def _list(self, check: bool) -> list[Container]:
+        """The container table from libvirt's files; `check`: ask each running QEMU for its
+        run state and check its virtiofsd processes (~1 ms a container; a `run`'s name
+        check and a look-up by name do without, a look-up checks the one it found)."""
         from hv.runtime.connection import is_embedded
-        from hv.runtime.domains import list_domains, running
+        from hv.runtime.domains import list_domains, probe_run_states, running
 
         embedded = is_embedded()
+        infos = list_domains()
+        if check:
+            probe_run_states(infos)
         found = []
-        for info in list_domains():
+        for info in infos:
             try:
                 record = Record.from_dict(info.record)
             except TypeError:
                 continue
             active = info.active and (not embedded or running(info.name))
-            found.append(Container(record, active, info.paused))
+            c = Container(record, active, info.paused)
+            self._infos[record.id] = info
+            found.append(self._checked(c, info) if check else c)
         self._collect_garbage({c.id for c in found})
         found.sort(key=lambda c: c.record.created, reverse=True)
-        return found if all else [c for c in found if c.active]
+        return found
 
     def container(self, ref: str) -> Container:
         """By full id, unique id prefix, or name (with or without Docker's leading '/')."""
         ref = ref.strip()
         if not ref:
             raise ContainerNotFound("No such container: ")
-        cs = self.containers(all=True)
+        cs = self._list(check=False)
         name = ref.lstrip("/")
         for c in cs:
             if c.id == ref or c.name == name:
-                return c
+                return self._check_one(c)
         matches = [c for c in cs if c.id.startswith(ref.lower())]
         if len(matches) == 1:
-            return matches[0]
+            return self._check_one(matches[0])
         if len(matches) > 1:
             raise UsageError(f"multiple IDs found with provided prefix: {ref}",
                              hint="give more characters of the id")
         raise ContainerNotFound(f"No such container: {ref}")
+
+    def _check_one(self, c: Container) -> Container:
+        from hv.runtime.domains import probe_run_states
+
+        info = self._infos.get(c.id)
+        if info is None or not c.active:
+            return c
+        probe_run_states([info])
+        return self._checked(Container(c.record, c.active, info.paused), info)
+
+    def _checked(self, c: Container, info) -> Container:
+        """`c` as it is: a running container whose virtiofsd died is stopped here."""
+        from hv.runtime.domains import dead_shares
+
+        if info.paused and info.reason:
+            self._paused_why[c.id] = info.reason
+        if not c.active:
+            return c
+        dead = dead_shares(info)
+        return self._stop_broken(c, info, dead) if dead else c
+
+    def _stop_broken(self, c: Container, info, dead_tags: list[str]) -> Container:
+        """A running container whose virtiofsd died has failed; hv stops it.
+
+        The decision: QEMU 7.2's vhost-user-fs cannot reconnect to a new virtiofsd, so
+        every access the guest makes to that share waits forever, inside the guest's
+        kernel, where no signal from the container ends it (`hv exec c ls /data` hung, and
+        `ps` said Up). The container has lost part of itself for good, as one whose
+        runtime died under Docker: it is reported as exited, not left looking healthy.
+        The first hv command that notices (any listing or look-up, a foreground run's
+        wait, the exec multiplexer's watch) kills the VM, records exit code 137
+        with the reason as the container's error (`inspect`'s State.Error), and what the
+        user asked for fails with that reason and the hint to start it again; a restart
+        policy restarts it as after any other death, and `hv start` brings it back whole
+        (libvirt starts new virtiofsd). Files in volumes and bind folders are untouched.
+        A stop already under way (`stop`, `kill`, `rm`: their marker; or the guest's own
+        power-off: its `exited` line) is left alone.
+        """
+        from hv.guest import mux
+        from hv.guest.logstream import read_status
+        from hv.runtime.domains import dead_shares, qemu_pid, running
+
+        status = paths.container_status(c.id)
+        for _ in range(2):  # a virtiofsd ends as its QEMU does: give a power-off a moment
+            if paths.container_dir(c.id).joinpath("user-stopped").exists() \
+                    or read_status(status).exit_code is not None or not running(c.name):
+                return c if running(c.name) else Container(c.record, False)
+            dead_tags = dead_shares(info)
+            if not dead_tags:
+                return c
+            time.sleep(0.2)
+        targets = [v["target"] for v in c.record.volumes if v.get("tag") in dead_tags]
+        why = (f"stopped by hv: the virtiofsd serving {', '.join(targets) or 'a shared folder'}"
+               " exited, and a running VM cannot get a share back")
+        pid = qemu_pid(c.name)
+        if pid is None:
+            return Container(c.record, False)
+        # QEMU is killed as `kill -9` would (libvirt notes it at its next connection; its
+        # reconnect to this QEMU fails anyway, after ~2 s). Stopped first, so the reason is
+        # in the status file before anyone sees the VM gone, and the guest cannot write
+        # over it (QEMU writes that file at its own offset).
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except OSError:
+            return Container(c.record, False)
+        st = read_status(status)
+        if st.exit_code is not None and not (st.error and st.started_ns is not None):
+            os.kill(pid, signal.SIGCONT)  # the guest was exiting after all
+            return c
+        if st.exit_code is None:  # (else another hv command is at it already)
+            with contextlib.suppress(OSError), open(status, "a") as f:
+                f.write(f"error 137 {why}\nexited 137 {time.time_ns()}\n")
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while running(c.name) and time.monotonic() < deadline:
+            time.sleep(0.01)  # (reaped by init later; `start` waits for that itself)
+        mux.stop(c.id)
+        return Container(c.record, False)
 
     def _collect_garbage(self, live_ids: set[str]) -> None:
         """Remove folders of containers whose domain is gone (an exited `--rm -d`)."""
@@ -152,7 +251,7 @@ class Engine:
         from hv import names
         from hv.runtime.accel import detect
 
-        existing = self.containers(all=True)
+        existing = self._list(check=False)
         taken = {c.name for c in existing}
         if name is None:
             name = names.generate(taken)
@@ -217,6 +316,8 @@ class Engine:
             os.close(held)
             if opened is not None:
                 opened.close()
+        if attached is not None and opts.auto_remove:
+            self._made[cid] = attached  # undone if the main process never starts
         if policy.name != "no":
             restart.spawn_watcher(cid)
         return Container(record, True)
@@ -227,6 +328,9 @@ class Engine:
 
         cid = record.id
         paths.container_status(cid).write_bytes(b"")  # libvirt appends; one boot's lines
+        # room for the guest's last words should the state root fill up while it runs
+        _reserve(paths.container_log(cid), LOG_RESERVE)
+        _reserve(paths.container_console(cid), CONSOLE_RESERVE)
         for f in (paths.container_ssh_port(cid), paths.container_ports(cid)):
             f.unlink(missing_ok=True)
         paths.container_started(cid).write_text(f"{time.time():.9f}")
@@ -305,15 +409,19 @@ class Engine:
         status_path = paths.container_status(c.id)
         while True:
             st = read_status(status_path)
+            if st.started_ns is not None:
+                return
             if st.error is not None:
                 raise _exec_error(st.error_code, st.error)
-            if st.started_ns is not None or st.exit_code is not None:
+            if st.exit_code is not None:
                 return
             if not self._alive(c):
                 st = read_status(status_path)
+                if st.started_ns is not None:
+                    return
                 if st.error is not None:
                     raise _exec_error(st.error_code, st.error)
-                if st.started_ns is not None or st.exit_code is not None:
+                if st.exit_code is not None:
                     return
                 raise _not_ready(c, "the VM powered off before the container started")
             if time.monotonic() > deadline:
@@ -344,10 +452,16 @@ class Engine:
         exit_fd = qemu_exit_fd(c.name)  # power-off wakes us at once, output is polled
         # short commands end within the first seconds: poll briskly there, gently after
         brisk_until = time.monotonic() + 2.0
+        # a virtiofsd that dies under the run would leave it waiting forever: looked at
+        # once a second (a few file reads), see _stop_broken
+        shares_at = time.monotonic() + 1.0 if _virtiofs(c) else None
         try:
             with _container_lock(c.id, exclusive=False):
                 while True:
                     offset = _pump(log_path, offset, decoder, on_line)
+                    if shares_at is not None and time.monotonic() > shares_at:
+                        shares_at = time.monotonic() + 1.0
+                        self._watch_shares(c)
                     st = read_status(status_path)
                     if st.exit_code is not None and exit_fd is not None and _discarded_at_exit(c):
                         # the guest wrote its output, unmounted and synced the disk, then
@@ -363,9 +477,25 @@ class Engine:
         finally:
             if exit_fd is not None:
                 os.close(exit_fd)
+        if st.error is not None and st.started_ns is not None:
+            raise _stopped(c, st.error)  # it ran; hv stopped it (see _stop_broken)
         if st.error is not None:
             raise _exec_error(st.error_code, st.error)
         return 137 if st.exit_code is None else st.exit_code
+
+    def _watch_shares(self, c: Container) -> None:
+        """Stop `c` if one of its virtiofsd died (the domain's info read once per boot)."""
+        from hv.runtime.domains import dead_shares, list_domains
+
+        info = self._infos.get(c.id)
+        if info is None or not info.dom_id:
+            info = next((i for i in list_domains() if i.name == c.name and i.active), None)
+            if info is None:
+                return
+            self._infos[c.id] = info
+        dead = dead_shares(info)
+        if dead:
+            self._stop_broken(c, info, dead)
 
     def logs(self, ref: str, follow: bool = False, tail: int | None = None
              ) -> Iterator[LogLine]:
@@ -415,8 +545,8 @@ class Engine:
         if not c.active:
             raise guestops.not_running(c)
         if c.paused:  # its sessions would hang until unpaused
-            raise Conflict(f"Container {c.id} is paused, unpause the container before exec",
-                           hint=f"hv unpause {c.name}")
+            raise Conflict(f"Container {c.id} is paused{self._paused_by(c)}, unpause the "
+                           "container before exec", hint=self._unpause_hint(c))
         if not argv:
             raise UsageError("exec needs a command", hint="hv exec CONTAINER COMMAND [ARG...]")
         extra = []
@@ -431,6 +561,21 @@ class Engine:
         ch = agent.open(session_command("exec", argv, extra, workdir, user), pty=pty)
         return agent, ch
 
+    def _paused_by(self, c: Container) -> str:
+        """Why, when it was not `hv pause`: libvirt's reason or QEMU's run state."""
+        why = self._paused_why.get(c.id, "")
+        if why in ("ioerror", "io-error"):
+            return " (QEMU paused it on an I/O error of its disk)"
+        if why in ("", "user", "paused"):
+            return ""
+        return f" (QEMU paused it: {why.replace('-', ' ')})"
+
+    def _unpause_hint(self, c: Container) -> str:
+        if self._paused_why.get(c.id) in ("ioerror", "io-error"):
+            return (f"free space under {paths.state_root()} (or fix its disk), then "
+                    f"'hv unpause {c.name}' retries the write")
+        return f"hv unpause {c.name}"
+
     def attach(self, ref: str):
         """(container, agent, channel) speaking the attach frame protocol."""
         from hv import guestops
@@ -441,8 +586,8 @@ class Engine:
             raise Conflict("You cannot attach to a stopped container, start it first",
                            hint=f"hv start -a {c.name}")
         if c.paused:
-            raise Conflict("You cannot attach to a paused container, unpause it first",
-                           hint=f"hv unpause {c.name}")
+            raise Conflict(f"You cannot attach to a paused container{self._paused_by(c)}, "
+                           "unpause it first", hint=self._unpause_hint(c))
         agent = guestops.connect_agent(c)
         return c, agent, agent.open(session_command("attach"))
 
@@ -608,7 +753,10 @@ class Engine:
         destroy(c.name, undefine=c.record.auto_remove)
         mux.stop(c.id)
         if c.record.auto_remove:
+            undo = self._made_by_failed_run(c)
             _remove_container_dir(c.id, anonymous_volumes=True)
+            if undo is not None:
+                undo.undo()
 
     def container_running(self, c: Container) -> bool:
         return self._alive(c)
@@ -627,10 +775,27 @@ class Engine:
         """
         if not c.record.auto_remove:
             return
+        undo = self._made_by_failed_run(c)
         if c.record.volumes or self._alive(c):
             self._discard(c)
         else:
             _remove_container_dir(c.id, anonymous_volumes=True)
+        if undo is not None:
+            undo.undo()  # after the container is gone: its mounts no longer use them
+
+    def _made_by_failed_run(self, c: Container):
+        """What this process's `run --rm` of `c` made (volumes, `-v` folders), when its main
+        process never started (a bad user, 126/127, a failed mount, the VM died first):
+        such a run leaves nothing behind, as README says. Never what existed before it
+        (only what `volumes.attach` made), never a volume another container took up since,
+        never a folder that is no longer empty. A run whose container stays (no `--rm`)
+        keeps them: they are that container's, as with Docker."""
+        from hv.guest.logstream import read_status
+
+        made = self._made.pop(c.id, None)
+        if made is None or read_status(paths.container_status(c.id)).started_ns is not None:
+            return None
+        return made
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -664,6 +829,28 @@ def _guest_assets() -> GuestAssets:
     return GuestAssets(kernel, initrd, text(paths.guest_cmdline(), "console=ttyS0 panic=-1"),
                        text(paths.guest_machine(), "pc"), Path(firmware) if firmware else None,
                        agent if agent.exists() else None)
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate the next `nbytes` of an append-only output file now, its size unchanged
+    (fallocate KEEP_SIZE): when the filesystem under the state root fills up under a running
+    guest (its disk is a file there), what the container says about it (`dd: I/O error`)
+    still reaches `logs` and the terminal, and the console the kernel's side. Best effort:
+    a filesystem without fallocate just gets no reserve."""
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        libc.fallocate(fd, 1, os.fstat(fd).st_size, nbytes)  # 1: FALLOC_FL_KEEP_SIZE
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
 
 
 def _make_overlay(base: Path, disk: Path) -> None:
@@ -926,6 +1113,17 @@ class _LineSplitter:
         rest = sorted(self._partial.values(), key=lambda line: line.ts_ns)
         self._partial.clear()
         return rest
+
+
+def _virtiofs(c: Container) -> bool:
+    return any(v.get("transport") == "virtiofs" for v in c.record.volumes)
+
+
+def _stopped(c: Container, why: str) -> HvError:
+    """A container hv stopped while it ran (its `error` line came after `started`)."""
+    again = "run it again" if c.record.auto_remove else f"start it again with 'hv start {c.name}'"
+    return RuntimeFailure(f"container {c.name} {why}", exit_code=137,
+                          hint=f"{again}; the files in its volumes and bind folders are kept")
 
 
 def _exec_error(code: int | None, message: str) -> HvError:

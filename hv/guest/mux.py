@@ -546,12 +546,32 @@ def _log(text: str) -> None:
         os.write(2, f"{stamp} mux[{os.getpid()}] {text}\n".encode(errors="replace"))
 
 
+# run by the multiplexer when a virtiofsd of its container died: any look-up stops such a
+# container (hv.engine.Engine._stop_broken), in a process of its own (this one has threads)
+_STOP_BROKEN = "import sys; from hv.engine import Engine; Engine().container(sys.argv[1])"
+
+
+def _share_watch(cid: str):
+    """A callable telling whether a virtiofsd of the container died, or None (no virtiofs)."""
+    from hv.runtime.connection import is_embedded
+    from hv.runtime.domains import dead_shares, list_domains
+
+    if not is_embedded():
+        return None  # libvirtd's virtiofsd are not ours to look at (nor its files)
+    info = next((i for i in list_domains() if i.active and i.record.get("id") == cid), None)
+    if info is None or not info.shares:
+        return None
+    return lambda: bool(dead_shares(info))
+
+
 class _Server:
     def __init__(self, cid: str, agent) -> None:
         import threading
 
         self.cid = cid
         self.agent = agent
+        self.watch = None  # see _share_watch
+        self.stopper = None  # the process stopping a container that lost a share
         self.lock = threading.Lock()
         self.sessions = 0
         self.last_active = time.monotonic()
@@ -614,6 +634,7 @@ class _Server:
             if not transport.is_active():
                 reason = "the SSH connection to the guest closed"
                 break
+            self._check_shares()
             with self.lock:
                 if not self.sessions and time.monotonic() - self.last_active > idle:
                     reason = f"no session for {idle:g} s"
@@ -629,6 +650,25 @@ class _Server:
         while self.sessions and (waiting is None or time.monotonic() < waiting):
             time.sleep(0.05)
         return reason
+
+    def _check_shares(self) -> None:
+        """A session reading a share whose virtiofsd died would wait forever: have the
+        container stopped (its sessions then end as the guest goes away, 137)."""
+        if self.stopper is not None:
+            self.stopper.poll()  # reaped once done
+            return
+        if self.watch is None or not self.watch():
+            return
+        import subprocess
+
+        _log("a virtiofsd of the container exited: stopping the container")
+        try:
+            self.stopper = subprocess.Popen(
+                [sys.executable, "-c", _STOP_BROKEN, self.cid], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=2, cwd="/", start_new_session=True)
+        except OSError as e:
+            _log(f"cannot stop it: {e}")
+            self.watch = None
 
     def _accept(self) -> bool:
         import threading
@@ -798,6 +838,7 @@ def main(argv: list[str]) -> int:
 
         server = _Server(cid, Agent.connect(endpoint(cid), timeout=timeout))
         server.bind()
+        server.watch = _share_watch(cid)
     except HvError as e:
         _log(f"not ready: {e.message}")
         answer("error " + _error_json(e))
