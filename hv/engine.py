@@ -8,6 +8,7 @@ libvirt (hv.runtime), the seed ISO and the agent's protocol (hv.guest).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -32,6 +33,7 @@ from hv.errors import (
     ImageNotFound,
     RuntimeFailure,
     UsageError,
+    from_os_error,
 )
 from hv.spec import RunOptions, check_hostname, check_name, parse_cpus, parse_memory, process_spec
 
@@ -862,14 +864,17 @@ def _make_overlay(base: Path, disk: Path) -> None:
         fresh = template.stat().st_mtime_ns >= base.stat().st_mtime_ns
     except FileNotFoundError:
         fresh = False
-    if not fresh:
-        tmp = template.with_name(f".{template.name}.{os.getpid()}")
-        try:
-            _qemu_img_overlay(base, tmp)
-            tmp.replace(template)
-        finally:
-            tmp.unlink(missing_ok=True)
-    shutil.copyfile(template, disk)
+    try:
+        if not fresh:
+            tmp = template.with_name(f".{template.name}.{os.getpid()}")
+            try:
+                _qemu_img_overlay(base, tmp)
+                tmp.replace(template)
+            finally:
+                tmp.unlink(missing_ok=True)
+        shutil.copyfile(template, disk)
+    except OSError as e:
+        raise from_os_error(e, paths.state_root()) from e
 
 
 def _qemu_img_overlay(base: Path, disk: Path) -> None:
@@ -881,6 +886,9 @@ def _qemu_img_overlay(base: Path, disk: Path) -> None:
     except FileNotFoundError:
         raise RuntimeFailure("qemu-img is not installed", hint="run 'make setup'") from None
     except subprocess.CalledProcessError as e:
+        if "No space left on device" in e.stderr:
+            raise from_os_error(OSError(errno.ENOSPC, "No space left on device"),
+                                paths.state_root()) from None
         raise RuntimeFailure(f"cannot create the container disk: {e.stderr.strip()}") from None
 
 

@@ -246,8 +246,8 @@ def test_store_is_the_owners_alone(hv, busybox):
 # --- broken archives and downloads: one line and a hint -----------------------------------
 
 
-def _one_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+def _one_error(proc: subprocess.CompletedProcess, *words: str, code: int = 1) -> str:
+    assert proc.returncode == code, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2, proc.stderr
     assert lines[0].startswith("Error: ") and lines[1].startswith("hint: "), proc.stderr
@@ -347,13 +347,18 @@ def test_full_state_root_says_what_to_free(small_root, test_images_dir):
     hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
     _fill(small_root)
     for args in (["tag", "busybox", "busybox:again"], ["volume", "create", "v1"],
-                 ["load", "-i", str(test_images_dir / "busybox.oci.tar")]):
+                 ["load", "-i", str(test_images_dir / "busybox.oci.tar")],
+                 ["run", "--rm", "busybox", "true"]):
         proc = hv(*args)
-        line = _one_error(proc, "no space left on device under", str(small_root))
+        line = _one_error(proc, "no space left on device under", str(small_root),
+                          code=125 if args[0] == "run" else 1)
         assert "internal error" not in line and "Errno" not in line
         assert "hv system prune" in proc.stderr
     for name in ("filler", "filler2", "filler3"):
         (small_root / name).unlink(missing_ok=True)
+    containers = small_root / "containers"  # the failed run left no container folder
+    assert not containers.exists() or not os.listdir(containers)
+    assert hv("ps", "-aq", check=True).stdout == ""
     hv("tag", "busybox", "busybox:again", check=True)
     assert "again" in hv("images", check=True).stdout
     _store_consistent(small_root)
