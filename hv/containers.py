@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 from hv import paths
+from hv.timefmt import rfc3339
 
 
 @dataclass
@@ -198,14 +198,6 @@ def _mtime(path) -> float | None:
         return os.stat(path).st_mtime
     except OSError:
         return None
-
-
-def rfc3339(ts: float | None) -> str:
-    if ts is None:
-        return "0001-01-01T00:00:00Z"
-    dt = datetime.fromtimestamp(ts, UTC)
-    frac = f"{ts % 1:.9f}"[2:]
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + frac + "Z"
 
 
 def now() -> float:

@@ -8,10 +8,8 @@ stop the user asked for is never undone. One watcher per container (an flock pro
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 from hv import paths
@@ -78,49 +76,6 @@ def spawn_watcher(cid: str) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.execv(sys.executable, [sys.executable, "-m", "hv.restart", cid])
+        os.execv(sys.executable, [sys.executable, "-m", "hv.restart_watcher", cid])
     finally:
         os._exit(0)
-
-
-def watch(cid: str) -> None:
-    from hv.containers import Container
-    from hv.engine import Engine
-    from hv.runtime.domains import running
-
-    lock = paths.container_dir(cid) / "watcher.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # another watcher has it
-    engine = Engine()
-    delay = 0.1
-    while True:
-        try:
-            c = engine.container(cid)
-        except Exception:  # noqa: BLE001 - removed: nothing left to watch
-            return
-        policy = parse(c.record.restart)
-        while running(c.name):
-            time.sleep(0.2)
-        if paths.container_dir(cid).joinpath("user-stopped").exists():
-            return
-        code = Container(c.record, False).state().exit_code
-        n = restart_count(cid)
-        if not policy.wants_restart(code, n):
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 60)
-        try:
-            engine.start(cid, watch=False)
-        except Exception:  # noqa: BLE001 - try again after the back-off
-            continue
-        finally:
-            # counted once the restart began, never before: an `inspect` in between must
-            # not pair the new count with the previous run's exit code
-            paths.container_dir(cid).joinpath("restarts").write_text(str(n + 1))
-
-
-if __name__ == "__main__":
-    watch(sys.argv[1])

@@ -33,6 +33,7 @@ from pathlib import Path
 from hv import paths
 from hv.errors import Conflict, NotFound, UsageError
 from hv.mounts import MountSpec, check_volume_name
+from hv.timefmt import rfc3339
 
 SCHEMA_VERSION = 1
 TRANSPORTS = ("virtiofs", "9p")
@@ -62,7 +63,6 @@ class Volume:
         return paths.volume_data(self.name)
 
     def inspect(self) -> dict:
-        from hv.containers import rfc3339
 
         return {
             "CreatedAt": rfc3339(self.created).split(".")[0] + "Z",
