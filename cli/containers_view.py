@@ -86,10 +86,9 @@ def ps_rows(cs: list[Container], no_trunc: bool) -> list[dict[str, str]]:
 
 
 def _ports(c: Container) -> str:
-    from hv.guestops import bound_ports
     from hv.ports import format_ps
 
-    return format_ps(bound_ports(c))
+    return format_ps(c.bound_ports())
 
 
 def stats_rows(stats: list[dict]) -> list[dict[str, str]]:

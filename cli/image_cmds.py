@@ -102,10 +102,9 @@ def pull(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="suppress verbose output")] = False,
 ) -> None:
     """Download an image from a registry."""
-    from hv.images.reference import Reference
-
-    ref = Reference.parse(name)
-    store = _engine().images
+    engine = _engine()
+    ref = engine.image_reference(name)
+    store = engine.images
     if quiet:
         store.pull(name)
     else:
@@ -120,7 +119,7 @@ def _image_rows(images, no_trunc: bool) -> list[dict[str, str]]:
     from datetime import datetime
 
     from cli.formatting import human_duration, human_size
-    from hv.images.reference import Reference
+    from hv.engine import Engine
 
     now = datetime.now(UTC)
     rows = []
@@ -132,7 +131,7 @@ def _image_rows(images, no_trunc: bool) -> list[dict[str, str]]:
             digests.setdefault(repo, digest)
         pairs = []
         for tag in image.repo_tags:
-            ref = Reference.parse(tag)
+            ref = Engine.image_reference(tag)
             pairs.append((ref.familiar_name, ref.tag or "<none>"))
         if not pairs:
             pairs = [(repo, "<none>") for repo in digests] or [("<none>", "<none>")]

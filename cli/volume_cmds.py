@@ -24,10 +24,9 @@ def _engine():
 
 def _users() -> dict[str, list[str]]:
     """Volume -> containers using it, after the engine dropped vanished containers."""
-    from hv import volumes
-
-    _engine().containers(all=True)  # garbage-collects exited `--rm -d` containers first
-    return volumes.users()
+    engine = _engine()
+    engine.containers(all=True)  # garbage-collects exited `--rm -d` containers first
+    return engine.volume_users()
 
 
 def _confirm(warning: str, force: bool, what: str) -> bool:
@@ -55,7 +54,6 @@ def create(
     opt: Annotated[list[str] | None, typer.Option("-o", "--opt", help="driver options")] = None,
 ) -> None:
     """Create a volume."""
-    from hv import volumes
     from hv.errors import UsageError
 
     if driver != "local":
@@ -65,7 +63,7 @@ def create(
         raise UsageError("driver options (-o) are not supported by hv's local driver",
                          hint="create the volume without -o")
     labels = dict(item.partition("=")[::2] for item in (label or []))
-    sys.stdout.write(volumes.create(name, labels).name + "\n")
+    sys.stdout.write(_engine().volume_create(name, labels).name + "\n")
 
 
 def _volume_filter(filters: list[str]):
@@ -110,11 +108,10 @@ def ls(
 ) -> None:
     """List volumes."""
     from cli.formatting import render
-    from hv import volumes
 
     checks = _volume_filter(list(filter or []))
     used = _users()
-    vols = [v for v in volumes.list_volumes() if all(c(v, used) for c in checks)]
+    vols = [v for v in _engine().volume_list() if all(c(v, used) for c in checks)]
     if quiet:
         sys.stdout.write("".join(v.name + "\n" for v in vols))
         return
@@ -132,13 +129,12 @@ def inspect(
 
     from cli.containers_view import write_inspect
     from cli.errors import print_error
-    from hv import volumes
     from hv.errors import HvError
 
     docs, failed = [], False
     for name in names:
         try:
-            docs.append(volumes.get(name).inspect())
+            docs.append(_engine().volume(name).inspect())
         except HvError as e:
             print_error(e)
             failed = True
@@ -154,10 +150,10 @@ def rm(
 ) -> None:
     """Remove volumes (never one a container uses)."""
     from cli.errors import each
-    from hv import volumes
 
-    _engine().containers(all=True)  # drop vanished `--rm -d` containers first
-    each(names, lambda name: volumes.remove(name, force=force))
+    engine = _engine()
+    engine.containers(all=True)  # drop vanished `--rm -d` containers first
+    each(names, lambda name: engine.volume_remove(name, force=force))
 
 
 def _reclaimed(n: int) -> str:
@@ -172,14 +168,13 @@ def prune(
     force: Annotated[bool, typer.Option("-f", "--force", help="do not ask")] = False,
 ) -> None:
     """Remove unused volumes: anonymous ones, or all unused with -a (Docker >= 23)."""
-    from hv import volumes
 
     what = "all local volumes" if all else "anonymous local volumes"
     if not _confirm(f"WARNING! This will remove {what} not used by at least one container.",
                     force, "volume prune"):
         return
     _users()
-    names, freed = volumes.prune(all=all)
+    names, freed = _engine().volume_prune(all=all)
     if names:
         sys.stdout.write("Deleted Volumes:\n" + "".join(n + "\n" for n in names) + "\n")
     sys.stdout.write(_reclaimed(freed))
@@ -195,7 +190,6 @@ def system_prune(
     force: Annotated[bool, typer.Option("-f", "--force", help="do not ask")] = False,
 ) -> None:
     """Remove stopped containers, dangling (-a: unused) images, (--volumes) anonymous volumes."""
-    from hv import system
 
     items = ["all stopped containers"]
     if volumes:
@@ -205,7 +199,7 @@ def system_prune(
     warning = "WARNING! This will remove:\n" + "".join(f"  - {i}\n" for i in items)
     if not _confirm(warning, force, "system prune"):
         return
-    rep = system.prune(_engine(), all_images=all, with_volumes=volumes)
+    rep = _engine().system_prune(all_images=all, with_volumes=volumes)
     out = sys.stdout
     if rep.containers:
         out.write("Deleted Containers:\n" + "".join(c + "\n" for c in rep.containers) + "\n")
@@ -221,10 +215,9 @@ def system_df(
 ) -> None:
     """Show hv's disk usage: images, containers, local volumes."""
     from cli.formatting import human_size, render
-    from hv import system
 
     rows = []
-    for r in system.df(_engine()):
+    for r in _engine().system_df():
         free = human_size(r["Reclaimable"])
         if r["Size"] > 0:
             free += f" ({r['Reclaimable'] * 100 // r['Size']}%)"

@@ -8,6 +8,7 @@ can be read without the guest running and without hv having watched it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,6 +103,16 @@ class Container:
         # powered off without the agent saying how: the VM was killed
         return State("exited", False, 137, started_at, finished_at,
                      "the VM stopped without reporting an exit code")
+
+    def bound_ports(self) -> list[dict]:
+        """The host ports published for a running container (written at its start)."""
+        if not self.active:
+            return []
+        try:
+            ports = json.loads(paths.container_ports(self.id).read_text())
+        except (OSError, ValueError):
+            return []
+        return ports if isinstance(ports, list) else []
 
     def inspect(self) -> dict:
         r = self.record

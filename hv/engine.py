@@ -68,6 +68,61 @@ class Engine:
 
     # --- images -------------------------------------------------------------------------
 
+    @staticmethod
+    def image_reference(text: str):
+        """A parsed image reference (familiar form, tag, digest), Docker's parsing rules."""
+        from hv.images.reference import Reference
+
+        return Reference.parse(text)
+
+    # --- volumes and the system (the facade's; front ends never import hv.volumes) ----------
+
+    @staticmethod
+    def volume_create(name: str | None, labels: dict[str, str]):
+        from hv import volumes
+
+        return volumes.create(name, labels)
+
+    @staticmethod
+    def volume_list() -> list:
+        from hv import volumes
+
+        return volumes.list_volumes()
+
+    @staticmethod
+    def volume_users() -> dict[str, list[str]]:
+        from hv import volumes
+
+        return volumes.users()
+
+    @staticmethod
+    def volume(name: str):
+        from hv import volumes
+
+        return volumes.get(name)
+
+    @staticmethod
+    def volume_remove(name: str, force: bool = False) -> str:
+        from hv import volumes
+
+        return volumes.remove(name, force=force)
+
+    @staticmethod
+    def volume_prune(all: bool = False) -> tuple[list[str], int]:
+        from hv import volumes
+
+        return volumes.prune(all=all)
+
+    def system_prune(self, all_images: bool = False, with_volumes: bool = False):
+        from hv import system
+
+        return system.prune(self, all_images=all_images, with_volumes=with_volumes)
+
+    def system_df(self) -> list[dict]:
+        from hv import system
+
+        return system.df(self)
+
     def image_users(self, image_id: str) -> list[str]:
         """Ids of the containers (any state) created from `image_id`."""
         return [c.id for c in self.containers(all=True) if c.record.image_id == image_id]
@@ -646,10 +701,8 @@ class Engine:
         return c
 
     def ports(self, ref: str) -> tuple[Container, list[dict]]:
-        from hv import guestops
-
         c = self.container(ref)
-        return c, guestops.bound_ports(c)
+        return c, c.bound_ports()
 
     def top(self, ref: str, args: list[str]) -> str:
         from hv import guestops

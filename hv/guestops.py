@@ -4,7 +4,6 @@ pause, top, stats, ports. The engine facade delegates here; nothing prints.
 
 from __future__ import annotations
 
-import json
 import signal as _signal
 import time
 
@@ -167,14 +166,6 @@ def pause(c: Container, paused: bool) -> None:
                        hint="see 'hv ps'")
     call(_set_paused, c.name, paused)
 
-
-def bound_ports(c: Container) -> list[dict]:
-    if not c.active:
-        return []
-    try:
-        return json.loads(paths.container_ports(c.id).read_text())
-    except (OSError, ValueError):
-        return []
 
 
 def top(c: Container, args: list[str]) -> str:
