@@ -47,10 +47,9 @@ def _engine():
     return Engine()
 
 
-def _notices(engine) -> None:
-    for text in engine.notices:
+def _warnings(warnings: list[str]) -> None:
+    for text in warnings:
         sys.stderr.write(f"{text}\n")
-    engine.notices.clear()
     sys.stderr.flush()
 
 
@@ -93,21 +92,11 @@ def run(
     engine = _engine()
     from cli.progress import pull_progress
 
-    with pull_progress(engine) as progress:
-        container = engine.create(opts, progress=progress)
-    _notices(engine)
-    from hv.errors import HvError
-
-    if detach:
-        try:
-            engine.wait_started(container)
-        except HvError:
-            engine.finish_run(container)  # `--rm`: nothing stays behind
-            raise
-        sys.stdout.write(container.id + "\n")
-        return
-    if interactive:
-        raise typer.Exit(_attach_until_exit(engine, container, tty, stdin_open=True))
+    if interactive:  # a terminal's stream: create, then attach (the docker CLI's order)
+        with pull_progress() as progress:
+            created = engine.create(opts, progress=progress)
+        _warnings(created.warnings)
+        raise typer.Exit(_attach_until_exit(engine, created.container, tty, stdin_open=True))
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
     def show(line) -> None:
@@ -115,16 +104,20 @@ def run(
         stream.write(line.data)
         stream.flush()
 
-    try:
-        code = engine.follow(container, show)
-    except KeyboardInterrupt:
-        engine.stop_now(container)
-        raise typer.Exit(130) from None
-    except HvError:
-        engine.finish_run(container)
-        raise
-    engine.finish_run(container)
-    raise typer.Exit(code)
+    import contextlib
+
+    with contextlib.ExitStack() as pulling:
+        progress = pulling.enter_context(pull_progress())
+
+        def created(c) -> None:
+            pulling.close()  # the pull's display ends before the container's output
+            _warnings(c.warnings)
+
+        result = engine.run(opts, progress, on_created=created, on_output=show)
+    if detach:
+        sys.stdout.write(result.container.id + "\n")
+        return
+    raise typer.Exit(result.exit_code)
 
 
 def _attach_until_exit(engine, container, use_tty: bool, stdin_open: bool) -> int:
@@ -359,7 +352,6 @@ def start(
     engine = _engine()
     if attach or interactive:
         c = engine.start(containers[0])
-        _notices(engine)
         engine.wait_started(c)
         raise typer.Exit(_attach_until_exit(engine, c, c.record.tty, stdin_open=interactive))
 
@@ -367,7 +359,6 @@ def start(
         engine.wait_started(engine.start(ref))
 
     _each(containers, one)
-    _notices(engine)
 
 
 @app.command()

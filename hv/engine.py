@@ -52,9 +52,25 @@ class LogLine:
     data: bytes
 
 
+@dataclass
+class Created:
+    """What create returns (Docker's ContainerCreate: the container and its warnings)."""
+
+    container: Container
+    warnings: list[str]
+
+
+@dataclass
+class RunResult:
+    """The end of a `run`: the container, its exit code (None for a detached run, which
+    returns once the main process started; 130 when interrupted, the VM stopped)."""
+
+    container: Container
+    exit_code: int | None
+
+
 class Engine:
     def __init__(self) -> None:
-        self.notices: list[str] = []
         self._infos: dict = {}  # container id -> its DomainInfo, from the last listing
         self._paused_why: dict[str, str] = {}  # container id -> why QEMU/libvirt paused it
         self._made: dict = {}  # container id -> the volumes and folders its `run` made
@@ -280,8 +296,9 @@ class Engine:
 
     # --- run -----------------------------------------------------------------------------
 
-    def create(self, opts: RunOptions, progress: Callable | None = None) -> Container:
-        """Validate, pull if needed, make the disk and seed, start the VM."""
+    def create(self, opts: RunOptions, progress: Callable | None = None) -> Created:
+        """Validate, pull if needed (its events, 'Unable to find image' first, go to
+        `progress`), make the disk and seed, start the VM."""
         memory = parse_memory(opts.memory) if opts.memory else DEFAULT_MEMORY_MIB
         vcpus, cpus = parse_cpus(opts.cpus) if opts.cpus else (1, 0.0)
         name = check_name(opts.name) if opts.name else None
@@ -322,9 +339,11 @@ class Engine:
         if not opts.detach:
             _become_subreaper()
         accel = detect()
+        warnings: list[str] = []
         if accel.name == "tcg":
             self._notice_once("accel", f"KVM is not usable here ({accel.reason}); "
-                              "guests run under TCG software emulation, which is slower.")
+                              "guests run under TCG software emulation, which is slower.",
+                              warnings)
         if opts.publish_all:
             published += ports.exposed(image.run_config)
         cid = os.urandom(32).hex()
@@ -377,7 +396,31 @@ class Engine:
             self._made[cid] = attached  # undone if the main process never starts
         if policy.name != "no":
             restart.spawn_watcher(cid)
-        return Container(record, True)
+        return Created(Container(record, True), warnings)
+
+    def run(self, opts: RunOptions, progress: Callable | None = None,
+            on_created: Callable[[Created], None] | None = None,
+            on_output: Callable[[LogLine], None] | None = None) -> RunResult:
+        """Docker's `run` without a terminal: create and start, then for `-d` wait until the
+        main process started, else follow its output (`on_output`) to its exit; `--rm`
+        removes it, and a failed start leaves nothing. `-i` runs compose create + attach."""
+        created = self.create(opts, progress)
+        if on_created is not None:
+            on_created(created)
+        c = created.container
+        try:
+            if opts.detach:
+                self.wait_started(c)
+                return RunResult(c, None)
+            code = self.follow(c, on_output or (lambda _line: None))
+        except KeyboardInterrupt:
+            self.stop_now(c)
+            return RunResult(c, 130)
+        except BaseException:
+            self.finish_run(c)  # `--rm`: nothing stays behind
+            raise
+        self.finish_run(c)
+        return RunResult(c, code)
 
     def _boot(self, record: Record, xml: str | None = None, via=None) -> None:
         """Start the domain (defining it from `xml` the first time), then its forwards."""
@@ -414,7 +457,10 @@ class Engine:
         parsed = Reference.parse(ref)
         if parsed.digest is None and all(c in "0123456789abcdef" for c in ref) and len(ref) >= 12:
             raise ImageNotFound(f"No such image: {ref}")
-        self.notices.append(f"Unable to find image '{parsed.familiar()}' locally")
+        if progress is not None:  # Docker's line before the pull's own
+            from hv.images.model import PullEvent
+
+            progress(PullEvent("", f"Unable to find image '{parsed.familiar()}' locally"))
         from hv.runtime.connection import drop_preopened
 
         drop_preopened()  # it holds the root's lock: not for the length of a download
@@ -448,11 +494,13 @@ class Engine:
             mounts=_guest_mounts(record, first_boot and not maintenance),
         ))
 
-    def _notice_once(self, key: str, text: str) -> None:
+    @staticmethod
+    def _notice_once(key: str, text: str, warnings: list[str]) -> None:
+        """A warning given once per state root (the TCG notice)."""
         marker = paths.state_root() / f".notice-{key}"
         if marker.exists():
             return
-        self.notices.append(text)
+        warnings.append(text)
         with contextlib.suppress(OSError):
             marker.write_text(text + "\n")
 

@@ -330,14 +330,13 @@ class VmLeg(Leg):
         t0 = time.monotonic()
         res = RunResult(Transcript(), t0)
         try:
-            c = self.engine.create(opts)
+            created = self.engine.create(opts)
         except HvError as e:
             raise LegError(f"vm: {e.message}", hint=e.hint) from None
-        self.container = c
-        for text in self.engine.notices:
+        c = self.container = created.container
+        for text in created.warnings:
             if text not in self.notes:
                 self.notes.append(text)
-        self.engine.notices.clear()
         self.memory_mib, self.accel = c.record.memory_mib, c.record.accel
         qpid = qemu_pid(c.name)
         splitter = LineSplitter()
