@@ -92,7 +92,7 @@ def run(
     engine = _engine()
     from cli.progress import pull_progress
 
-    if interactive:  # a terminal's stream: create, then attach (the docker CLI's order)
+    if interactive and not detach:  # a terminal's stream: create, then attach (docker's order)
         with pull_progress() as progress:
             created = engine.create(opts, progress=progress)
         _warnings(created.warnings)
