@@ -43,7 +43,7 @@ def full_root(test_images_dir):
     """A state root on a 30 MB tmpfs: the busybox image and its base disk fit (~8 MB), a
     40 MB write from the guest does not."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.fail("the full-disk test mounts a tmpfs: run the suite as root (make test does)")
     d = Path(tempfile.mkdtemp(prefix="hvfull-", dir="/tmp"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(d)], check=True)
     hv = Hv(d)
@@ -196,6 +196,8 @@ def test_qemu_paused_by_itself_and_a_dead_virtiofsd(hv, shared, hv_root):
     assert hv("exec", name, "cat", "/data/hello.txt", timeout=60).stdout == "hello\n"
 
     if transport != "virtiofs":
+        if os.geteuid() == 0:  # make setup provides virtiofsd; as root 9p is a defect
+            pytest.fail(f"volumes use {transport} as root: virtiofsd should be there")
         pytest.skip(f"volumes use {transport} here: no virtiofsd to kill")
 
     # killed under a running exec: the exec ends (137, as for any container that died)

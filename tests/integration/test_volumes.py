@@ -141,7 +141,10 @@ def test_volume_in_use_and_dangling_filters(hv, box):
 def test_virtiofsd_lives_with_the_domain(hv, box, host_dirs):
     transport = json.loads(hv("inspect", box).stdout)[0]["Mounts"][0]["Transport"]
     if transport != "virtiofs":
-        pytest.skip(f"volumes use {transport} here")
+        # as root, make setup provides virtiofsd (qemu-system-common): 9p there is a defect
+        if os.geteuid() == 0:
+            pytest.fail(f"volumes use {transport} as root: virtiofsd should be there")
+        pytest.skip(f"volumes use {transport} here (virtiofsd needs root)")
     assert _virtiofsd_for(host_dirs / "rw"), "virtiofsd did not survive the hv command"
 
 
