@@ -23,6 +23,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-
   libvirt-dev pkg-config gcc libc6-dev python3-venv python3-dev \
   skopeo umoci e2fsprogs busybox-static openssh-server openssh-client docker-registry \
   debootstrap crun runc linux-image-cloud-amd64 cpio lz4 zstd xz-utils kmod \
+  docker-compose \
   $(KERNEL_BUILD_PACKAGES)
 
 .PHONY: setup apt venv guest images demo test test-unit bench lint clean-state

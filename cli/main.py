@@ -471,6 +471,7 @@ def _register_extras() -> None:
         return
     image_cmds.register(app)
     __import__("cli.volume_cmds").volume_cmds.register(app)  # hv volume, hv system
+    __import__("cli.service_cmd").service_cmd.register(app)  # hv system service
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
 
 

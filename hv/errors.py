@@ -10,9 +10,11 @@ import errno
 
 
 class HvError(Exception):
-    """Base class: message, hint and Docker's exit code (125 = hv itself failed)."""
+    """Base class: message, hint, Docker's exit code (125 = hv itself failed) and the HTTP
+    status the Engine API answers with (Docker's: 500 unless a subclass says otherwise)."""
 
     exit_code = 125
+    http_status = 500
     hint = "run the command again with --debug for details"
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
@@ -35,10 +37,13 @@ class UsageError(HvError):
     """A bad flag value or argument (Docker answers 125)."""
 
     hint = "see 'hv COMMAND --help'"
+    http_status = 400
 
 
 class NotFound(HvError):
     """A container, image or volume that does not exist."""
+
+    http_status = 404
 
 
 class ImageNotFound(NotFound):
@@ -51,6 +56,18 @@ class ContainerNotFound(NotFound):
 
 class Conflict(HvError):
     """A name in use, an image used by a container, a running container to remove."""
+
+    http_status = 409
+
+
+class NotModified(HvError):
+    """Start of a started / stop of a stopped container: Docker's 304, not a failure."""
+
+    http_status = 304
+
+
+class ExecNotFound(NotFound):
+    hint = "an exec instance lives as long as its container"
 
 
 class RegistryError(HvError):
@@ -83,6 +100,7 @@ class CommandNotFound(HvError):
     """The container's command does not exist in the image (Docker's 127)."""
 
     exit_code = 127
+    http_status = 400  # as dockerd's "executable file not found" (the CLI turns it into 127)
     hint = "check the command and the image's PATH; 'hv inspect IMAGE' shows Entrypoint and Cmd"
 
 
@@ -90,6 +108,7 @@ class CommandNotExecutable(HvError):
     """The container's command exists but cannot be run (Docker's 126)."""
 
     exit_code = 126
+    http_status = 400
     hint = "check the file's mode and format inside the image"
 
 

@@ -1,0 +1,167 @@
+"""The Engine API's routes: Docker's paths (with or without `/vX.Y`) → the engine facade.
+
+This module only translates: it parses what Docker's clients send, calls
+`hv.engine.Engine`, and answers in Docker's shapes and status codes. The engine is made
+here, once (`build`); everything the service remembers between requests lives on the
+`Service` object (no module state).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from api import containers, images, system
+from api.http import HttpError, Request, Response, error_response
+from hv.errors import HvError, NotModified
+
+LOG = logging.getLogger("hv.api")
+
+API_VERSION = (1, 50)
+MIN_API_VERSION = (1, 24)
+_VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+
+Handler = Callable[..., Response]
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern
+    handler: Handler
+
+
+class Live:
+    """Streams in progress, so a resize reaches them: container id / exec id → streams."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, set] = {}
+
+    def add(self, key: str, stream) -> None:
+        with self._lock:
+            self._by_key.setdefault(key, set()).add(stream)
+
+    def remove(self, key: str, stream) -> None:
+        with self._lock:
+            streams = self._by_key.get(key)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self._by_key[key]
+
+    def get(self, key: str) -> list:
+        with self._lock:
+            return list(self._by_key.get(key, ()))
+
+
+class Reaper:
+    """`AutoRemove` containers made through the API: dockerd removes them when they exit,
+    so the service does, after reading their exit code (which `wait` then answers)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._done: dict[str, threading.Event] = {}
+        self._codes: dict[str, int | None] = {}
+
+    def watch(self, container) -> None:
+        with self._lock:
+            self._done[container.id] = threading.Event()
+        threading.Thread(target=self._run, args=(container,), daemon=True,
+                         name=f"hv-api-reap-{container.short_id}").start()
+
+    def _run(self, container) -> None:
+        code = None
+        try:
+            code = self.engine.wait(container.id)
+        except HvError:
+            pass
+        finally:
+            self._codes[container.id] = code
+            try:
+                self.engine.finish_run(container)
+            except HvError as e:
+                LOG.warning("removing %s: %s", container.name, e)
+            self._done[container.id].set()
+
+    def watching(self, cid: str) -> bool:
+        return cid in self._done
+
+    def exit_code(self, cid: str, gone: Callable[[], bool]) -> int | None:
+        """The exit code once the container exited and was removed (None: the client left)."""
+        done = self._done[cid]
+        while not done.wait(0.2):
+            if gone():
+                return None
+        return self._codes.get(cid)
+
+
+class Service:
+    """The routes and what the service keeps between requests."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.live = Live()
+        self.reaper = Reaper(engine)
+        # created through the API and not started yet: hv's create boots the VM at once, so
+        # an attach before `start` replays the output from the beginning
+        self.fresh: set[str] = set()
+        # created for a client that will attach stdin: the guest waits for that attach
+        self.await_attach: set[str] = set()
+        self.routes: list[Route] = []
+        for module in (system, containers, images):
+            for method, path, handler in module.routes(self):
+                self.routes.append(Route(method, re.compile(f"^{path}$"), handler))
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Response:
+        m = _VERSIONED.match(req.path)
+        if m:
+            version = (int(m.group(1)), int(m.group(2)))
+            if version < MIN_API_VERSION:
+                raise HttpError(400, f"client version {m.group(1)}.{m.group(2)} is too old. "
+                                "Minimum supported API version is 1.24, please upgrade your "
+                                "client to a newer version")
+            if version > API_VERSION:
+                raise HttpError(400, f"client version {m.group(1)}.{m.group(2)} is too new. "
+                                "Maximum supported API version is 1.50")
+            req.version = version
+            req.path = m.group(3)
+        allowed = False
+        for route in self.routes:
+            match = route.pattern.match(req.path)
+            if not match:
+                continue
+            if route.method != req.method and not (route.method == "GET" and
+                                                   req.method == "HEAD"):
+                allowed = True
+                continue
+            return route.handler(req, **match.groupdict())
+        if allowed:
+            raise HttpError(405, f"method {req.method} is not allowed on {req.path}")
+        raise HttpError(404, f"page not found: {req.method} {req.path} is not an endpoint "
+                        "hv implements")
+
+    def on_error(self, req: Request | None, e: BaseException) -> Response:
+        if isinstance(e, NotModified):
+            return Response(304)
+        if isinstance(e, HttpError):
+            return error_response(e.status, e.message)
+        if isinstance(e, HvError):
+            return error_response(e.http_status, e.message)
+        LOG.error("internal error on %s %s:\n%s", req.method if req else "?",
+                  req.target if req else "?", traceback.format_exc())
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def build() -> Service:
+    """The service over a new engine: the one place the API makes an Engine."""
+    from hv.engine import Engine
+
+    return Service(Engine())

@@ -1,0 +1,394 @@
+"""Containers and exec: create, start/stop/…, wait, logs, attach, exec, list, inspect.
+
+hv's `create` boots the VM (a VM takes its time; Docker's `run` is create → attach → wait →
+start, back to back). So: the main process of a container whose client will attach stdin
+waits in the guest for that attach (nothing it prints is lost, as with Docker); any other
+container runs at once, and an attach before `start` replays its output from the
+beginning (hv keeps all of it). `start` of such a container waits until the main process
+runs, so `docker run` still reports a missing command (127) as Docker does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+from api import streams, translate
+from api.http import HttpError, Request, Response, json_response
+from hv import exec_sessions
+from hv.errors import CommandNotFound, HvError, ImageNotFound, NotFound, NotModified
+from hv.timefmt import rfc3339
+
+POLL = 0.1
+
+
+def routes(svc) -> list:
+    engine = svc.engine
+    ID = r"(?P<ref>[^/]+)"
+
+    # --- create / list / inspect / remove ----------------------------------------------
+
+    def create(req: Request) -> Response:
+        body = req.json_object()
+        image = body.get("Image")
+        if not isinstance(image, str) or not image:
+            raise HttpError(400, "Config cannot be empty in order to create a container")
+        if not engine.images.exists(image):
+            raise ImageNotFound(f"No such image: {_familiar(engine, image)}")
+        exposed = engine.images.get(image).run_config.get("ExposedPorts") or {}
+        opts, warnings = translate.run_options(body, req.arg("name"), exposed)
+        created = engine.create(opts)
+        c = created.container
+        svc.fresh.add(c.id)
+        if not opts.detach:
+            svc.await_attach.add(c.id)
+        if opts.auto_remove:
+            svc.reaper.watch(c)
+        return json_response({"Id": c.id, "Warnings": warnings + created.warnings}, 201)
+
+    def list_(req: Request) -> Response:
+        cs = engine.containers(all=True)
+        cs = _select(cs, req.flag("all"), req.filters(), req.integer("limit", -1) or -1)
+        out = []
+        for c in cs:
+            mounts = c.inspect().get("Mounts") or []
+            out.append(translate.summary(c, mounts))
+        return json_response(out)
+
+    def inspect(req: Request, ref: str) -> Response:
+        return json_response(translate.inspect(engine.container(ref)))
+
+    def remove(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        engine.remove(c.id, force=req.flag("force"), volumes=req.flag("v"))
+        svc.fresh.discard(c.id)
+        svc.await_attach.discard(c.id)
+        return Response(204)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        if c.id in svc.fresh:
+            svc.fresh.discard(c.id)
+            if c.id in svc.await_attach:  # nobody attached: let the main process go
+                svc.await_attach.discard(c.id)
+                _release(engine, c.id)
+            _started(engine, c)
+            return Response(204)
+        if c.active:
+            raise NotModified("container already started")
+        _started(engine, engine.start(c.id))
+        return Response(204)
+
+    def stop(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        if not c.active:
+            raise NotModified("container already stopped")
+        svc.fresh.discard(c.id)
+        engine.stop(c.id, req.integer("t", 10))
+        return Response(204)
+
+    def restart(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        svc.fresh.discard(c.id)
+        _started(engine, engine.restart(c.id, req.integer("t", 10)))
+        return Response(204)
+
+    def kill(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        svc.fresh.discard(c.id)
+        engine.kill(c.id, req.arg("signal") or "KILL")
+        return Response(204)
+
+    def pause(req: Request, ref: str) -> Response:
+        engine.pause(ref, True)
+        return Response(204)
+
+    def unpause(req: Request, ref: str) -> Response:
+        engine.pause(ref, False)
+        return Response(204)
+
+    def wait(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        condition = req.arg("condition") or "not-running"
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise HttpError(400, f"invalid condition: {condition!r}")
+
+        def body() -> Iterator[bytes]:
+            # the headers go first (as dockerd: the client knows the wait is in place)
+            yield b""
+            try:
+                code = _wait(engine, svc, c, condition, req.client_gone)
+            except HvError as e:
+                yield _json({"StatusCode": -1, "Error": {"Message": e.message}})
+                return
+            if code is not None:
+                yield _json({"StatusCode": code, "Error": None})
+        return Response(200, content_type="application/json", stream=body())
+
+    def resize(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        h, w = req.integer("h", 0) or 0, req.integer("w", 0) or 0
+        for s in svc.live.get(c.id):
+            with contextlib.suppress(HvError, OSError):
+                s.resize(h, w)
+        return Response(200, b"", "text/plain; charset=utf-8")
+
+    # --- output ------------------------------------------------------------------------
+
+    def logs(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        want = tuple(n for n, on in ((1, req.flag("stdout")), (2, req.flag("stderr"))) if on)
+        if not want:
+            raise HttpError(400, "Bad parameters: you must choose at least one stream")
+        tail_text = (req.arg("tail") or "all").strip()
+        if tail_text == "all":
+            tail = None
+        else:
+            try:
+                tail = int(tail_text)
+            except ValueError:
+                raise HttpError(400, f"invalid value for tail: {tail_text!r}") from None
+            tail = None if tail < 0 else tail
+        since, until = _time_arg(req, "since"), _time_arg(req, "until")
+        stamps, tty = req.flag("timestamps"), c.record.tty
+        lines = engine.logs(c.id, follow=req.flag("follow"), tail=tail)
+
+        def body() -> Iterator[bytes]:
+            yield b""
+            for line in lines:
+                t = line.ts_ns / 1e9
+                if line.stream not in want or (since and t < since):
+                    continue
+                if until and t > until:
+                    break
+                data = (rfc3339(t).encode() + b" " if stamps else b"") + line.data
+                yield data if tty else streams.frame(line.stream, data)
+        return Response(200, content_type=streams.content_type(tty, req.version),
+                        stream=body())
+
+    def attach(req: Request, ref: str) -> Response:
+        c = engine.container(ref)
+        tty = c.record.tty
+        ctype = streams.content_type(tty, req.version)
+        want = tuple(n for n, on in ((1, req.flag("stdout")), (2, req.flag("stderr"))) if on)
+        if req.flag("stdin") and c.record.stdin_open and c.active:
+            _c, stream = exec_sessions.attach(engine, c.id)
+            svc.await_attach.discard(c.id)
+            svc.live.add(c.id, stream)
+
+            def relay(sock, leftover: bytes) -> None:
+                try:
+                    streams.pump(sock, stream, not tty, True, leftover, want)
+                finally:
+                    svc.live.remove(c.id, stream)
+                    stream.close()
+            return Response(content_type=ctype, hijack=relay)
+        from_start = c.id in svc.fresh or req.flag("logs")
+        follow = req.flag("stream")
+
+        def replay(sock, _leftover: bytes) -> None:
+            if follow and not c.active:  # `start -a`: the output of the coming start
+                deadline = time.monotonic() + 60
+                while not engine.container(c.id).active:
+                    if time.monotonic() > deadline or req.client_gone():
+                        return
+                    time.sleep(POLL)
+            tail = None if from_start else 0
+            with contextlib.suppress(OSError, HvError):
+                for line in engine.logs(c.id, follow=follow, tail=tail):
+                    if line.stream in want:
+                        sock.sendall(line.data if tty else streams.frame(line.stream, line.data))
+        return Response(content_type=ctype, hijack=replay)
+
+    # --- exec --------------------------------------------------------------------------
+
+    def exec_create(req: Request, ref: str) -> Response:
+        exec_id = exec_sessions.create(engine, ref, req.json_object())
+        return json_response({"Id": exec_id}, 201)
+
+    def exec_start(req: Request, exec_id: str) -> Response:
+        body = req.json_object()
+        size = body.get("ConsoleSize")
+        rows_cols = (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 \
+            and all(isinstance(n, int) and n > 0 for n in size) else None
+        tty = body.get("Tty")
+        stream = exec_sessions.start(engine, exec_id, bool(tty) if tty is not None else None,
+                                     rows_cols)
+        if body.get("Detach"):
+            def background() -> None:
+                try:
+                    code = streams.drain(stream)
+                finally:
+                    stream.close()
+                exec_sessions.finish(engine, exec_id, code)
+            threading.Thread(target=background, daemon=True, name="hv-api-exec").start()
+            return Response(200, b"", "application/json")
+        info = exec_sessions.inspect(engine, exec_id)
+        svc.live.add(exec_id, stream)
+
+        def relay(sock, leftover: bytes) -> None:
+            code = None
+            try:
+                code = streams.pump(sock, stream, not stream.tty, info["OpenStdin"], leftover)
+            finally:
+                svc.live.remove(exec_id, stream)
+                stream.close()
+                exec_sessions.finish(engine, exec_id, code)  # before the connection closes
+        return Response(content_type=streams.content_type(stream.tty, req.version),
+                        hijack=relay)
+
+    def exec_resize(req: Request, exec_id: str) -> Response:
+        exec_sessions.inspect(engine, exec_id)  # 404 for an unknown id
+        h, w = req.integer("h", 0) or 0, req.integer("w", 0) or 0
+        for s in svc.live.get(exec_id):
+            with contextlib.suppress(HvError, OSError):
+                s.resize(h, w)
+        return Response(200, b"", "text/plain; charset=utf-8")
+
+    def exec_inspect(req: Request, exec_id: str) -> Response:
+        return json_response(exec_sessions.inspect(engine, exec_id))
+
+    EXEC = r"(?P<exec_id>[^/]+)"
+    return [
+        ("POST", "/containers/create", create),
+        ("GET", "/containers/json", list_),
+        ("GET", f"/containers/{ID}/json", inspect),
+        ("DELETE", f"/containers/{ID}", remove),
+        ("POST", f"/containers/{ID}/start", start),
+        ("POST", f"/containers/{ID}/stop", stop),
+        ("POST", f"/containers/{ID}/restart", restart),
+        ("POST", f"/containers/{ID}/kill", kill),
+        ("POST", f"/containers/{ID}/pause", pause),
+        ("POST", f"/containers/{ID}/unpause", unpause),
+        ("POST", f"/containers/{ID}/wait", wait),
+        ("POST", f"/containers/{ID}/resize", resize),
+        ("GET", f"/containers/{ID}/logs", logs),
+        ("POST", f"/containers/{ID}/attach", attach),
+        ("POST", f"/containers/{ID}/exec", exec_create),
+        ("POST", f"/exec/{EXEC}/start", exec_start),
+        ("POST", f"/exec/{EXEC}/resize", exec_resize),
+        ("GET", f"/exec/{EXEC}/json", exec_inspect),
+    ]
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _json(obj: object) -> bytes:
+    import json
+
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _familiar(engine, image: str) -> str:
+    """`busybox` → `busybox:latest`, as Docker names a missing image."""
+    try:
+        return engine.image_reference(image).familiar()
+    except HvError:
+        return image
+
+
+def _release(engine, cid: str) -> None:
+    """Let a main process that waits for an attach go: a short attach (the guest starts it
+    200 ms after a client connected)."""
+    try:
+        _c, stream = exec_sessions.attach(engine, cid)
+    except HvError:
+        return
+    try:
+        time.sleep(0.3)
+    finally:
+        stream.close()
+
+
+def _started(engine, c) -> None:
+    """Until the main process runs; a command that cannot start is Docker's start error
+    (whose words docker/cli turns into exit code 127 or 126)."""
+    try:
+        engine.wait_started(c)
+    except CommandNotFound as e:
+        raise CommandNotFound(f"failed to create task for container: exec: {e.message}: "
+                              "executable file not found in $PATH") from None
+
+
+def _wait(engine, svc, c, condition: str, gone) -> int | None:
+    """Block as Docker's wait; the exit code, None when the client left."""
+    if condition == "next-exit" and not c.active:
+        while not engine.container(c.id).active:  # until the next start
+            if gone():
+                return None
+            time.sleep(POLL)
+        c = engine.container(c.id)
+    if svc.reaper.watching(c.id):
+        return svc.reaper.exit_code(c.id, gone)
+    while engine.container_running(c):
+        if gone():
+            return None
+        time.sleep(POLL)
+    code = engine.exit_code(c)
+    if condition == "removed":
+        while True:
+            try:
+                engine.container(c.id)
+            except NotFound:
+                break
+            if gone():
+                return None
+            time.sleep(POLL)
+    return code
+
+
+def _time_arg(req: Request, name: str) -> float:
+    """Docker's since/until: Unix seconds (with a fraction), or RFC 3339."""
+    text = (req.arg(name) or "").strip()
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise HttpError(400, f"invalid value for {name}: {text!r}") from None
+
+
+def _select(cs: list, all: bool, filters: dict[str, list[str]], limit: int) -> list:
+    """GET /containers/json's `all`, `limit` and `filters` (id, name, status, ancestor,
+    exited, label: hv's containers carry no labels yet)."""
+    known = {"id", "name", "status", "ancestor", "exited", "label"}
+    for key in filters:
+        if key not in known:
+            raise HttpError(400, f"invalid filter '{key}'")
+    if not all and not filters.get("status") and limit < 0:
+        cs = [c for c in cs if c.active]
+
+    def ok(c) -> bool:
+        st = c.state()
+        if filters.get("id") and not any(c.id.startswith(v) for v in filters["id"]):
+            return False
+        if filters.get("name") and not any(re.search(v.lstrip("/"), c.name)
+                                           for v in filters["name"]):
+            return False
+        if filters.get("status") and st.status not in filters["status"]:
+            return False
+        if filters.get("ancestor") and not any(
+                v in (c.record.image, c.record.image_id) or c.record.image_id.removeprefix(
+                    "sha256:").startswith(v) or c.record.image.split(":")[0] == v
+                for v in filters["ancestor"]):
+            return False
+        if filters.get("exited") and (st.status != "exited" or
+                                      str(st.exit_code) not in filters["exited"]):
+            return False
+        return not filters.get("label")
+
+    cs = [c for c in cs if ok(c)]
+    return cs[:limit] if limit > 0 else cs
+

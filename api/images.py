@@ -1,0 +1,219 @@
+"""Images (list, inspect, pull, tag, delete) and volumes (list, create, inspect, delete,
+prune), in Docker's shapes.
+
+A pull answers with a chunked stream of JSON lines as dockerd's: docker-py and the CLI
+render each line as it comes (a body sent in one piece shows nothing until the end), and an
+error after the first line is a line of its own (`errorDetail`), the status being sent.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+from collections.abc import Iterator
+
+from api.http import HttpError, Request, Response, json_response
+from hv.errors import HvError
+
+_PULLING = re.compile(r"^(?P<tag>\S+): Pulling from (?P<repo>.+)$")
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj).encode() + b"\r\n"
+
+
+def _bar(current: int, total: int) -> str:
+    """dockerd's progress text: `[=====>     ]  1.2MB/3.4MB`."""
+    def size(n: float) -> str:
+        for unit in ("B", "kB", "MB", "GB"):
+            if n < 1000 or unit == "GB":
+                return f"{n:.4g}{unit}"
+            n /= 1000
+        return f"{n}"
+    if total <= 0:
+        return size(current)
+    width = 50
+    done = min(width, int(width * current / total))
+    arrow = "=" * max(0, done - 1) + (">" if done < width and done else "=" * (done > 0))
+    return f"[{arrow.ljust(width)}] {size(current)}/{size(total)}"
+
+
+def pull_event(event) -> dict:
+    """An hv PullEvent as dockerd's JSON progress message."""
+    if not event.layer:
+        m = _PULLING.match(event.status)
+        if m:
+            return {"status": f"Pulling from {m.group('repo')}", "id": m.group("tag")}
+        return {"status": event.status}
+    msg: dict = {"status": event.status, "id": event.layer}
+    if event.total or event.current:
+        msg["progressDetail"] = {"current": event.current, "total": event.total}
+        if event.status == "Downloading":
+            msg["progress"] = _bar(event.current, event.total)
+    else:
+        msg["progressDetail"] = {}
+    return msg
+
+
+def image_summary(img, containers: int) -> dict:
+    created = img.created.timestamp() if img.created else 0
+    return {
+        "Id": img.id, "ParentId": "", "RepoTags": list(img.repo_tags) or ["<none>:<none>"],
+        "RepoDigests": list(img.repo_digests), "Created": int(created), "Size": img.size,
+        "SharedSize": -1, "VirtualSize": img.size,
+        "Labels": (img.run_config.get("Labels") or None), "Containers": containers,
+    }
+
+
+def image_inspect(img) -> dict:
+    doc = img.inspect()
+    config = dict(img.run_config)
+    for key in ("Env", "Cmd", "Entrypoint", "Volumes", "ExposedPorts", "Labels", "OnBuild"):
+        config.setdefault(key, None)
+    config.setdefault("WorkingDir", "")
+    config.setdefault("User", "")
+    doc.update({
+        "Config": config, "DockerVersion": "", "Variant": "", "VirtualSize": img.size,
+        "GraphDriver": {"Name": "hv-disk", "Data": None},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    })
+    return doc
+
+
+def routes(svc) -> list:
+    engine = svc.engine
+
+    # --- images ------------------------------------------------------------------------
+
+    def images_list(req: Request) -> Response:
+        filters = req.filters()
+        users: dict[str, int] = {}
+        for c in engine.containers(all=True):
+            users[c.record.image_id] = users.get(c.record.image_id, 0) + 1
+        out = []
+        for img in engine.images.list():
+            if filters.get("reference") and not any(
+                    _matches(ref, tag) for ref in filters["reference"] for tag in img.repo_tags):
+                continue
+            if filters.get("dangling") and (filters["dangling"][0] in ("true", "1")) != (
+                    not img.repo_tags):
+                continue
+            out.append(image_summary(img, users.get(img.id, 0)))
+        return json_response(out)
+
+    def image_get(req: Request, name: str) -> Response:
+        return json_response(image_inspect(engine.images.get(name)))
+
+    def image_pull(req: Request) -> Response:
+        src = req.arg("fromImage")
+        if not src:
+            if req.arg("fromSrc"):
+                raise HttpError(501, "hv does not import root filesystem tarballs yet "
+                                "(use 'docker load' / 'hv load' for image archives)")
+            raise HttpError(400, "fromImage is required")
+        tag = req.arg("tag") or ""
+        if tag and "@" not in src and not re.search(r":[^/]+$", src):
+            src = f"{src}@{tag}" if tag.startswith("sha256:") else f"{src}:{tag}"
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                engine.images.pull(src, events.put)
+            except HvError as e:
+                events.put(e)
+            except Exception as e:  # noqa: BLE001 - the stream must say it
+                events.put(HvError(f"pull failed: {type(e).__name__}: {e}"))
+            events.put(None)
+
+        threading.Thread(target=work, daemon=True, name="hv-api-pull").start()
+
+        def body() -> Iterator[bytes]:
+            while True:
+                item = events.get()
+                if item is None:
+                    return
+                if isinstance(item, HvError):
+                    yield _line({"errorDetail": {"message": item.message},
+                                 "error": item.message})
+                    continue
+                yield _line(pull_event(item))
+        return Response(200, content_type="application/json", stream=body())
+
+    def image_remove(req: Request, name: str) -> Response:
+        done = engine.remove_image(name, force=req.flag("force"))
+        return json_response([{kind: value} for kind, value in done])
+
+    def image_tag(req: Request, name: str) -> Response:
+        repo = req.arg("repo")
+        if not repo:
+            raise HttpError(400, "repo is required")
+        tag = req.arg("tag") or "latest"
+        engine.images.tag(name, f"{repo}:{tag}")
+        return Response(201)
+
+    # --- volumes -----------------------------------------------------------------------
+
+    def volumes_list(req: Request) -> Response:
+        filters = req.filters()
+        engine.containers(all=True)  # drops vanished containers first (their volumes)
+        users = engine.volume_users()
+        out = []
+        for v in engine.volume_list():
+            if filters.get("name") and not any(n in v.name for n in filters["name"]):
+                continue
+            if filters.get("dangling"):
+                want = filters["dangling"][0].lower() in ("true", "1")
+                if want == bool(users.get(v.name)):
+                    continue
+            out.append(v.inspect())
+        return json_response({"Volumes": out, "Warnings": []})
+
+    def volume_create(req: Request) -> Response:
+        body = req.json_object()
+        driver = body.get("Driver") or "local"
+        if driver != "local":
+            raise HttpError(400, f"volume driver {driver!r} is not supported: hv has 'local'")
+        if body.get("DriverOpts"):
+            raise HttpError(400, "driver options are not supported by hv's local driver")
+        labels = body.get("Labels") or {}
+        v = engine.volume_create(body.get("Name") or None, dict(labels))
+        return json_response(v.inspect(), 201)
+
+    def volume_get(req: Request, name: str) -> Response:
+        return json_response(engine.volume(name).inspect())
+
+    def volume_remove(req: Request, name: str) -> Response:
+        engine.containers(all=True)
+        engine.volume_remove(name, force=req.flag("force"))
+        return Response(204)
+
+    def volume_prune(req: Request) -> Response:
+        filters = req.filters()
+        everything = any(v.lower() in ("true", "1") for v in filters.get("all", []))
+        engine.containers(all=True)
+        names, space = engine.volume_prune(all=everything)
+        return json_response({"VolumesDeleted": names or None, "SpaceReclaimed": space})
+
+    NAME = r"(?P<name>.+)"
+    return [
+        ("GET", "/images/json", images_list),
+        ("POST", "/images/create", image_pull),
+        ("GET", f"/images/{NAME}/json", image_get),
+        ("POST", f"/images/{NAME}/tag", image_tag),
+        ("DELETE", f"/images/{NAME}", image_remove),
+        ("GET", "/volumes", volumes_list),
+        ("POST", "/volumes/create", volume_create),
+        ("POST", "/volumes/prune", volume_prune),
+        ("GET", r"/volumes/(?P<name>[^/]+)", volume_get),
+        ("DELETE", r"/volumes/(?P<name>[^/]+)", volume_remove),
+    ]
+
+
+def _matches(pattern: str, tag: str) -> bool:
+    """Docker's `reference` filter: a glob on the familiar name, with or without the tag."""
+    from fnmatch import fnmatchcase
+
+    name = tag.rsplit(":", 1)[0] if ":" in tag.split("/")[-1] else tag
+    return fnmatchcase(tag, pattern) or fnmatchcase(name, pattern)
