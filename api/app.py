@@ -8,11 +8,13 @@ here, once (`build`); everything the service remembers between requests lives on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from api import containers, images, system
@@ -68,6 +70,19 @@ class Reaper:
         self._lock = threading.Lock()
         self._done: dict[str, threading.Event] = {}
         self._codes: dict[str, int | None] = {}
+        self._readers: dict[str, int] = {}  # attach replays still reading the output
+
+    @contextlib.contextmanager
+    def reading(self, cid: str) -> Iterator[None]:
+        """While an attach replays a container's output, its removal waits (its folder
+        holds the output)."""
+        with self._lock:
+            self._readers[cid] = self._readers.get(cid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers[cid] -= 1
 
     def watch(self, container) -> None:
         with self._lock:
@@ -83,6 +98,9 @@ class Reaper:
             pass
         finally:
             self._codes[container.id] = code
+            deadline = time.monotonic() + 10
+            while self._readers.get(container.id) and time.monotonic() < deadline:
+                time.sleep(0.02)
             try:
                 self.engine.finish_run(container)
             except HvError as e:

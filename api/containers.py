@@ -199,7 +199,7 @@ def routes(svc) -> list:
                         return
                     time.sleep(POLL)
             tail = None if from_start else 0
-            with contextlib.suppress(OSError, HvError):
+            with svc.reaper.reading(c.id), contextlib.suppress(OSError, HvError):
                 for line in engine.logs(c.id, follow=follow, tail=tail):
                     if line.stream in want:
                         sock.sendall(line.data if tty else streams.frame(line.stream, line.data))

@@ -195,3 +195,5 @@ class Server:
 
 def _log_request(req: Request, status: int) -> None:
     LOG.info("%s %s -> %d", req.method, req.target, status)
+    if req.body and LOG.isEnabledFor(logging.DEBUG):
+        LOG.debug("  body: %s", req.body[:4096].decode(errors="replace"))

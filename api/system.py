@@ -15,7 +15,7 @@ from api.http import Request, Response, json_response
 from hv import __version__
 from hv.host_info import facts
 
-PING_HEADERS = [("API-Version", "1.50"), ("Builder-Version", "1"),
+PING_HEADERS = [("Builder-Version", "1"),  # API-Version: on every answer (api.http)
                 ("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")]
 
 

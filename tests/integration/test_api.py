@@ -1,0 +1,300 @@
+"""`hv system service` driven by real clients: the `docker` CLI (28.2) and docker-py.
+
+One service per module, on the session's state root; one long-running container shared by
+the exec/logs/inspect tests, so few VMs boot. Every process started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import images as fx
+from tests.fixtures.registry import Registry
+
+pytestmark = pytest.mark.vm
+
+DOCKER = shutil.which("docker")
+SHARED = "api-shared"
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(self.path)
+
+
+class Service:
+    def __init__(self, sock: Path, proc: subprocess.Popen, log: Path, config: Path) -> None:
+        self.sock, self.proc, self.log, self.config = sock, proc, log, config
+        self.url = f"unix://{sock}"
+
+    def docker(self, *args: str, input: str | None = None, timeout: float = 240,
+               check: bool = False) -> subprocess.CompletedProcess:
+        env = dict(os.environ, DOCKER_CONFIG=str(self.config))
+        env.pop("DOCKER_HOST", None)
+        p = subprocess.run([DOCKER, "-H", self.url, *args], input=input, capture_output=True,
+                           text=True, timeout=timeout, env=env,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} exited {p.returncode}:\n"
+                                 f"{p.stdout}\n{p.stderr}\n--- service log:\n{self.tail()}")
+        return p
+
+    def request(self, method: str, path: str, body: object = None,
+                raw: bytes | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
+        conn = UnixHTTP(str(self.sock))
+        try:
+            data = raw if raw is not None else (json.dumps(body).encode()
+                                                if body is not None else None)
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp
+        finally:
+            conn.close()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def service(hv, busybox, tmp_path_factory):
+    if DOCKER is None:
+        pytest.fail("the docker CLI is not on PATH (make setup installs the test clients)")
+    work = tmp_path_factory.mktemp("api")
+    sock = hv.root / "api.sock"
+    log = work / "service.log"
+    with open(log, "wb") as out:
+        proc = hv.popen("system", "service", f"unix://{sock}", "--log-level", "debug",
+                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    svc = Service(sock, proc, log, work / "docker-config")
+    svc.config.mkdir()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the service exited {proc.returncode}:\n{svc.tail()}")
+            with contextlib.suppress(OSError):
+                if svc.request("GET", "/_ping")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the service did not answer:\n{svc.tail()}")
+            time.sleep(0.1)
+        yield svc
+    finally:
+        with contextlib.suppress(Exception):
+            svc.docker("rm", "-f", SHARED, timeout=60)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("the service did not stop on SIGTERM") from None
+    assert proc.returncode == 0, svc.tail()
+    assert not sock.exists(), "the service left its socket behind"
+
+
+@pytest.fixture(scope="module")
+def shared(service):
+    """One running container for exec, logs, inspect and docker-py's exec_run."""
+    p = service.docker("run", "-d", "--name", SHARED, "busybox", "sh", "-c",
+                       "echo started; echo oops >&2; exec sleep 600", check=True)
+    cid = p.stdout.strip()
+    assert len(cid) == 64, p.stdout
+    return cid
+
+
+# --- negotiation, system, errors --------------------------------------------------------------
+
+
+def test_ping_version_info(service, hv):
+    status, body, resp = service.request("GET", "/_ping")
+    assert (status, body) == (200, b"OK")
+    assert resp.getheader("API-Version") == "1.50" and resp.getheader("OSType") == "linux"
+    assert resp.getheader("Docker-Experimental") == "false"
+    status, body, resp = service.request("HEAD", "/_ping")
+    assert status == 200 and body == b"" and resp.getheader("Builder-Version") == "1"
+    p = service.docker("version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}}",
+                       check=True)
+    assert p.stdout.strip() == "1.50 1.24"
+    p = service.docker("info", "--format",
+                       "{{.DefaultRuntime}} {{.Isolation}} {{.OSType}} {{.NCPU}}", check=True)
+    assert p.stdout.split() == ["hv", "vm", "linux", str(os.cpu_count())]
+    info = json.loads(service.request("GET", "/v1.50/info")[1])
+    assert info["Accelerator"] in ("KVM", "TCG") and "hv" in info["Runtimes"]
+    release = Path(os.environ["HV_GUEST_DIR"], "release")
+    if release.exists():
+        assert info["KernelVersion"] == release.read_text().strip()
+
+
+def test_errors_are_dockers(service):
+    status, body, _ = service.request("GET", "/v1.50/containers/no-such-thing/json")
+    assert status == 404 and json.loads(body) == {"message": "No such container: no-such-thing"}
+    status, body, _ = service.request("GET", "/v1.12/version")
+    assert status == 400 and "Minimum supported API version is 1.24" in json.loads(body)["message"]
+    status, body, _ = service.request("GET", "/v1.51/version")
+    assert status == 400 and "Maximum supported API version is 1.50" in json.loads(body)["message"]
+    status, body, _ = service.request("POST", "/v1.50/containers/create", raw=b"{not json")
+    assert status == 400 and "invalid JSON" in json.loads(body)["message"]
+    status, body, _ = service.request("POST", "/v1.50/containers/create",
+                                      {"Image": "no-such-image-here"})
+    assert status == 404
+    assert json.loads(body)["message"] == "No such image: no-such-image-here:latest"
+    status, body, _ = service.request("GET", "/v1.50/no/such/endpoint")
+    assert status == 404 and "message" in json.loads(body)
+    status, body, _ = service.request("GET", "/v1.50/exec/" + "0" * 64 + "/json")
+    assert status == 404 and "No such exec instance" in json.loads(body)["message"]
+    p = service.docker("inspect", "no-such-thing")
+    assert p.returncode == 1 and "no-such-thing" in p.stderr
+
+
+def test_conflicts_and_not_modified(service, shared):
+    status, body, _ = service.request("POST", f"/v1.50/containers/create?name={SHARED}",
+                                      {"Image": "busybox", "Cmd": ["true"]})
+    assert status == 409 and "is already in use" in json.loads(body)["message"]
+    status, _, _ = service.request("POST", f"/v1.50/containers/{SHARED}/start")
+    assert status == 304
+    status, body, _ = service.request("DELETE", f"/v1.50/containers/{SHARED}")
+    assert status == 409 and "container is running" in json.loads(body)["message"]
+
+
+# --- the docker CLI ---------------------------------------------------------------------------
+
+
+def test_run_rm_output_and_exit_code(service):
+    p = service.docker("run", "--rm", "--name", "api-rm", "busybox", "sh", "-c",
+                       "echo hi; echo err >&2; exit 3")
+    assert p.returncode == 3, p.stderr + service.tail()
+    assert p.stdout == "hi\n"
+    assert "err\n" in p.stderr
+    names = service.docker("ps", "-a", "--format", "{{.Names}}", check=True).stdout.split()
+    assert "api-rm" not in names
+
+
+def test_run_interactive_stdin_ends(service):
+    p = service.docker("run", "-i", "--rm", "busybox", "cat", input="hi\nthere\n", timeout=180)
+    assert p.returncode == 0, p.stderr + service.tail()
+    assert p.stdout == "hi\nthere\n"
+
+
+def test_detached_ps_logs_inspect_exec(service, shared):
+    rows = service.docker("ps", "--format", "{{.ID}} {{.Names}} {{.Status}}",
+                          check=True).stdout.splitlines()
+    mine = [r for r in rows if r.split()[1] == SHARED]
+    assert mine and mine[0].split()[0] == shared[:12] and " Up " in f" {mine[0]} "
+    service.docker("ps", "-a", check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        p = service.docker("logs", SHARED, check=True)
+        if p.stdout == "started\n" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert p.stdout == "started\n" and p.stderr == "oops\n"
+    p = service.docker("inspect", "-f", "{{.State.Running}} {{.Name}} {{.Config.Image}}", SHARED,
+                       check=True)
+    assert p.stdout.strip() == "true /api-shared busybox"
+    doc = json.loads(service.docker("inspect", SHARED, check=True).stdout)[0]
+    assert doc["Created"].endswith("Z") and isinstance(doc["Config"]["Env"], list)
+    p = service.docker("exec", SHARED, "sh", "-c", "echo $((6*7)); echo e >&2", check=True)
+    assert p.stdout == "42\n" and p.stderr == "e\n"
+    p = service.docker("exec", SHARED, "sh", "-c", "exit 5")
+    assert p.returncode == 5
+    p = service.docker("exec", "-i", SHARED, "cat", input="through stdin\n", check=True)
+    assert p.stdout == "through stdin\n"
+
+
+def test_stop_start_rm_f(service):
+    name = "api-life"
+    service.docker("run", "-d", "--name", name, "busybox", "sleep", "600", check=True)
+    service.docker("stop", "-t", "1", name, check=True)
+    p = service.docker("ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}",
+                       check=True)
+    assert p.stdout.startswith("Exited ("), p.stdout
+    p = service.docker("wait", name, check=True)
+    assert p.stdout.strip() in ("137", "143")
+    service.docker("start", name, check=True)
+    p = service.docker("inspect", "-f", "{{.State.Status}}", name, check=True)
+    assert p.stdout.strip() == "running"
+    service.docker("rm", "-f", name, check=True)
+    p = service.docker("inspect", name)
+    assert p.returncode == 1
+
+
+def test_volumes(service):
+    assert service.docker("volume", "create", "api-vol", check=True).stdout.strip() == "api-vol"
+    assert "api-vol" in service.docker("volume", "ls", "-q", check=True).stdout.split()
+    p = service.docker("volume", "inspect", "-f", "{{.Name}} {{.Driver}}", "api-vol", check=True)
+    assert p.stdout.strip() == "api-vol local"
+    service.docker("volume", "rm", "api-vol", check=True)
+    assert "api-vol" not in service.docker("volume", "ls", "-q", check=True).stdout.split()
+    p = service.docker("volume", "inspect", "api-vol")
+    assert p.returncode == 1
+
+
+def test_pull_images_tag_rmi(service, tmp_path):
+    layout = tmp_path / "layout"
+    fx.busybox_image(layout, "latest")
+    with Registry(tmp_path / "registry") as reg:
+        reg.push(layout, "latest", "apibox:latest")
+        ref = f"{reg.host}/apibox:latest"
+        p = service.docker("pull", ref, check=True)
+    assert "Pulling from apibox" in p.stdout and f"Status: Downloaded newer image for {ref}" \
+        in p.stdout, p.stdout
+    rows = service.docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=True).stdout
+    assert ref in rows.split()
+    service.docker("tag", ref, "api-retagged:v1", check=True)
+    assert "api-retagged:v1" in service.docker("images", "--format",
+                                               "{{.Repository}}:{{.Tag}}").stdout.split()
+    p = service.docker("rmi", "api-retagged:v1", check=True)
+    assert "Untagged: api-retagged:v1" in p.stdout
+    p = service.docker("rmi", ref, check=True)
+    assert f"Untagged: {ref}" in p.stdout and "Deleted: sha256:" in p.stdout
+
+
+# --- docker-py --------------------------------------------------------------------------------
+
+
+def test_docker_py(service, shared):
+    import docker
+
+    client = docker.DockerClient(base_url=service.url, timeout=240)
+    try:
+        assert client.version()["ApiVersion"] == "1.50"
+        c = client.containers.run("busybox", ["sh", "-c", "echo out; echo err >&2; exit 4"],
+                                  detach=True)
+        assert c.wait()["StatusCode"] == 4
+        assert c.logs(stderr=False) == b"out\n"
+        assert c.logs(stdout=False) == b"err\n"
+        c.reload()
+        assert c.status == "exited" and c.attrs["State"]["ExitCode"] == 4
+        c.remove()
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(c.id)
+        box = client.containers.get(SHARED)
+        code, out = box.exec_run(["sh", "-c", "echo hi; exit 2"])
+        assert (code, out) == (2, b"hi\n")
+        code, (out, err) = box.exec_run(["sh", "-c", "echo o; echo e >&2"], demux=True)
+        assert (code, out, err) == (0, b"o\n", b"e\n")
+        assert client.containers.run("busybox", ["echo", "hello"], remove=True) == b"hello\n"
+        assert any(v.name == "api-py-vol" for v in [client.volumes.create("api-py-vol")])
+        client.volumes.get("api-py-vol").remove()
+    finally:
+        client.close()
