@@ -10,7 +10,9 @@ runs, so `docker run` still reports a missing command (127) as Docker does.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import re
 import threading
 import time
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 
 from api import streams, translate
 from api.http import HttpError, Request, Response, json_response
-from hv import exec_sessions
+from hv import archives, exec_sessions
 from hv.errors import CommandNotFound, HvError, ImageNotFound, NotFound, NotModified
 from hv.timefmt import rfc3339
 
@@ -205,6 +207,38 @@ def routes(svc) -> list:
                         sock.sendall(line.data if tty else streams.frame(line.stream, line.data))
         return Response(content_type=ctype, hijack=replay)
 
+    # --- files and processes -------------------------------------------------------------
+
+    def archive(req: Request, ref: str) -> Response:
+        """HEAD: the path's stat; GET: its tar (the stat in a header too)."""
+        path = req.arg("path")
+        if not path:
+            raise HttpError(400, "path is required")
+        st = archives.stat(engine, ref, path)
+        header = [("X-Docker-Container-Path-Stat",
+                   base64.b64encode(json.dumps(st).encode()).decode())]
+        if req.method == "HEAD":
+            return Response(200, b"", "application/x-tar", header)
+        return Response(200, content_type="application/x-tar", headers=header,
+                        stream=archives.read(engine, ref, path))
+
+    def archive_put(req: Request, ref: str) -> Response:
+        path = req.arg("path")
+        if not path:
+            raise HttpError(400, "path is required")
+        st = archives.stat(engine, ref, path)
+        if not st["mode"] & (1 << 31) and not st["linkTarget"]:
+            raise HttpError(400, f"extraction point is not a directory: {path}")
+        archives.write(engine, ref, path, req.body)
+        return Response(200, b"", "text/plain; charset=utf-8")
+
+    def top(req: Request, ref: str) -> Response:
+        text = engine.top(ref, (req.arg("ps_args") or "").split())
+        lines = [line for line in text.splitlines() if line.strip()]
+        titles = lines[0].split() if lines else []
+        rows = [line.split(None, max(0, len(titles) - 1)) for line in lines[1:]]
+        return json_response({"Titles": titles, "Processes": rows})
+
     # --- exec --------------------------------------------------------------------------
 
     def exec_create(req: Request, ref: str) -> Response:
@@ -270,6 +304,9 @@ def routes(svc) -> list:
         ("GET", f"/containers/{ID}/logs", logs),
         ("POST", f"/containers/{ID}/attach", attach),
         ("POST", f"/containers/{ID}/exec", exec_create),
+        ("GET", f"/containers/{ID}/archive", archive),
+        ("PUT", f"/containers/{ID}/archive", archive_put),
+        ("GET", f"/containers/{ID}/top", top),
         ("POST", f"/exec/{EXEC}/start", exec_start),
         ("POST", f"/exec/{EXEC}/resize", exec_resize),
         ("GET", f"/exec/{EXEC}/json", exec_inspect),
@@ -280,8 +317,6 @@ def routes(svc) -> list:
 
 
 def _json(obj: object) -> bytes:
-    import json
-
     return json.dumps(obj).encode() + b"\n"
 
 

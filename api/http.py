@@ -233,7 +233,7 @@ class Conn:
         except h11.RemoteProtocolError as e:
             self._raw_error(400, f"bad request: {e}")
             return False
-        self.log(req, resp.status)
+        self.log(req, 101 if resp.hijack is not None and req.wants_upgrade else resp.status)
         if resp.hijack is not None:
             self._hijack(req, resp)
             return False

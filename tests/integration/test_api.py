@@ -221,21 +221,112 @@ def test_detached_ps_logs_inspect_exec(service, shared):
     assert p.stdout == "through stdin\n"
 
 
-def test_stop_start_rm_f(service):
+def test_lifecycle_logs_follow_pause_kill_cp_restart(service, tmp_path):
     name = "api-life"
-    service.docker("run", "-d", "--name", name, "busybox", "sleep", "600", check=True)
-    service.docker("stop", "-t", "1", name, check=True)
+    service.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
+                   "i=0; while :; do echo tick $i; i=$((i+1)); sleep 1; done", check=True)
+    env = dict(os.environ, DOCKER_CONFIG=str(service.config))
+    follow = subprocess.Popen([DOCKER, "-H", service.url, "logs", "-f", name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        got = [follow.stdout.readline() for _ in range(3)]
+    finally:
+        follow.kill()
+        follow.wait()
+    assert got == [b"tick 0\n", b"tick 1\n", b"tick 2\n"], got
+    service.docker("pause", name, check=True)
+    p = service.docker("ps", "--filter", f"name={name}", "--format", "{{.Status}}", check=True)
+    assert p.stdout.strip().endswith("(Paused)"), p.stdout
+    service.docker("unpause", name, check=True)
+    assert service.docker("top", name, check=True).stdout.splitlines()[0].split()[:2] == \
+        ["UID", "PID"]
+    service.docker("kill", name, check=True)
     p = service.docker("ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}",
                        check=True)
-    assert p.stdout.startswith("Exited ("), p.stdout
-    p = service.docker("wait", name, check=True)
-    assert p.stdout.strip() in ("137", "143")
-    service.docker("start", name, check=True)
+    assert p.stdout.startswith("Exited (137)"), p.stdout
+    assert service.docker("wait", name, check=True).stdout.strip() == "137"
+    p = service.docker("kill", name)
+    assert p.returncode == 1 and "is not running" in p.stderr
+    # cp out of a stopped container (hv boots it in maintenance mode for the copy)
+    service.docker("cp", f"{name}:/etc/passwd", str(tmp_path / "passwd"), check=True)
+    assert (tmp_path / "passwd").read_text().startswith("root:")
+    p = subprocess.run([DOCKER, "-H", service.url, "start", name], capture_output=True,
+                       text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr
     p = service.docker("inspect", "-f", "{{.State.Status}}", name, check=True)
     assert p.stdout.strip() == "running"
+    service.docker("restart", "-t", "1", name, check=True)
+    assert service.docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
     service.docker("rm", "-f", name, check=True)
     p = service.docker("inspect", name)
     assert p.returncode == 1
+
+
+def test_cp_both_ways_with_a_symlink_and_modes(service, shared, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("hello\n")
+    (src / "sub").chmod(0o750)
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "link").symlink_to("sub/f")
+    service.docker("cp", str(src), f"{SHARED}:/tmp/", check=True)
+    p = service.docker("exec", SHARED, "sh", "-c",
+                       "stat -c '%n %a' /tmp/src/sub /tmp/src/run.sh; readlink /tmp/src/link; "
+                       "cat /tmp/src/link", check=True)
+    assert p.stdout == "/tmp/src/sub 750\n/tmp/src/run.sh 755\nsub/f\nhello\n"
+    out = tmp_path / "out"
+    out.mkdir()
+    service.docker("cp", f"{SHARED}:/tmp/src", str(out), check=True)
+    assert os.readlink(out / "src" / "link") == "sub/f"
+    assert (out / "src" / "sub" / "f").read_text() == "hello\n"
+    assert (out / "src" / "sub").stat().st_mode & 0o777 == 0o750
+    assert (out / "src" / "run.sh").stat().st_mode & 0o777 == 0o755
+    p = service.docker("cp", f"{SHARED}:/no/such/path", str(out))
+    assert p.returncode == 1 and "Could not find the file /no/such/path" in p.stderr
+
+
+def _pty_run(argv: list[str], typed: list[bytes], timeout: float = 180) -> tuple[int, bytes]:
+    """Run argv on a real pseudo-terminal, typing each line once the output went quiet."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execvp(argv[0], argv)
+    out, i = b"", 0
+    deadline, quiet = time.monotonic() + timeout, time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out, quiet = out + data, time.monotonic()
+            elif i < len(typed) and time.monotonic() - quiet > 1.0 and b"# " in out:
+                os.write(fd, typed[i])
+                i += 1
+    finally:
+        os.close(fd)
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+
+def test_run_it_and_exec_it_on_a_terminal(service, shared):
+    base = [DOCKER, "-H", service.url]
+    code, out = _pty_run([*base, "run", "-it", "--rm", "busybox", "sh"],
+                         [b"echo typed-$((1+2))\r", b"exit 7\r"])
+    assert code == 7, out
+    assert b"typed-3" in out and b"echo typed-$((1+2))" in out  # the shell's echo of the input
+    code, out = _pty_run([*base, "exec", "-it", SHARED, "sh"],
+                         [b"tty; echo in-exec-$((2*3))\r", b"exit 3\r"])
+    assert code == 3, out
+    assert b"in-exec-6" in out and b"/dev/pts/" in out
 
 
 def test_volumes(service):
@@ -294,6 +385,35 @@ def test_docker_py(service, shared):
         code, (out, err) = box.exec_run(["sh", "-c", "echo o; echo e >&2"], demux=True)
         assert (code, out, err) == (0, b"o\n", b"e\n")
         assert client.containers.run("busybox", ["echo", "hello"], remove=True) == b"hello\n"
+        chunks = box.exec_run(["sh", "-c", "echo a; sleep 1; echo b"], stream=True).output
+        assert b"".join(chunks) == b"a\nb\n"
+        sock = box.exec_run(["cat"], socket=True, stdin=True).output
+        raw = getattr(sock, "_sock", sock)
+        raw.sendall(b"via socket\n")
+        raw.shutdown(socket.SHUT_WR)  # stdin ends; the output still comes
+        data = b""
+        while chunk := raw.recv(65536):
+            data += chunk
+        raw.close()
+        assert data == b"\x01\x00\x00\x00\x00\x00\x00\x0bvia socket\n"
+        import io
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("put.txt")
+            info.size, info.mode = 4, 0o640
+            tar.addfile(info, io.BytesIO(b"data"))
+        assert box.put_archive("/tmp", buf.getvalue())
+        bits, stat = box.get_archive("/tmp/put.txt")
+        assert stat["name"] == "put.txt" and stat["size"] == 4 and stat["mode"] & 0o777 == 0o640
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
+            assert tar.extractfile("put.txt").read() == b"data"
+        c = client.containers.run("busybox", ["sh", "-c", "echo one; sleep 1; echo two"],
+                                  detach=True)
+        assert list(c.logs(stream=True, follow=True)) in ([b"one\n", b"two\n"],
+                                                          [b"one\ntwo\n"])
+        c.remove(force=True)
         assert any(v.name == "api-py-vol" for v in [client.volumes.create("api-py-vol")])
         client.volumes.get("api-py-vol").remove()
     finally:
