@@ -131,10 +131,30 @@ class Service:
         self.fresh: set[str] = set()
         # created for a client that will attach stdin: the guest waits for that attach
         self.await_attach: set[str] = set()
+        # copies out of a container still finishing (a stopped one's maintenance VM)
+        self._copies: dict[str, list[threading.Event]] = {}
+        self._copies_lock = threading.Lock()
         self.routes: list[Route] = []
         for module in (system, containers, images):
             for method, path, handler in module.routes(self):
                 self.routes.append(Route(method, re.compile(f"^{path}$"), handler))
+
+    def copying(self, cid: str) -> threading.Event:
+        """An event to set when a copy out of `cid` is over (see `settle`)."""
+        done = threading.Event()
+        with self._copies_lock:
+            pending = [e for e in self._copies.get(cid, []) if not e.is_set()]
+            self._copies[cid] = pending + [done]
+        return done
+
+    def settle(self, cid: str, timeout: float = 120.0) -> None:
+        """Wait for copies out of `cid` to be over: `docker cp` stops reading at the tar's
+        end, and its next command (`start`) must not find the maintenance VM still up."""
+        with self._copies_lock:
+            pending = self._copies.pop(cid, [])
+        deadline = time.monotonic() + timeout
+        for e in pending:
+            e.wait(max(0.0, deadline - time.monotonic()))
 
     # --- dispatch -------------------------------------------------------------------------
 

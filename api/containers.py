@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from api import streams, translate
 from api.http import HttpError, Request, Response, json_response
-from hv import archives, exec_sessions
+from hv import archives, exec_sessions, labels
 from hv.errors import CommandNotFound, HvError, ImageNotFound, NotFound, NotModified
 from hv.timefmt import rfc3339
 
@@ -44,6 +44,7 @@ def routes(svc) -> list:
         opts, warnings = translate.run_options(body, req.arg("name"), exposed)
         created = engine.create(opts)
         c = created.container
+        labels.set_labels(engine, c.id, _labels(body.get("Labels")))
         svc.fresh.add(c.id)
         if not opts.detach:
             svc.await_attach.add(c.id)
@@ -53,18 +54,20 @@ def routes(svc) -> list:
 
     def list_(req: Request) -> Response:
         cs = engine.containers(all=True)
-        cs = _select(cs, req.flag("all"), req.filters(), req.integer("limit", -1) or -1)
+        found = {c.id: labels.labels(engine, c.id) for c in cs}
+        cs = _select(cs, req.flag("all"), req.filters(), req.integer("limit", -1) or -1, found)
         out = []
         for c in cs:
             mounts = c.inspect().get("Mounts") or []
-            out.append(translate.summary(c, mounts))
+            out.append(translate.summary(c, mounts, found[c.id]))
         return json_response(out)
 
     def inspect(req: Request, ref: str) -> Response:
-        return json_response(translate.inspect(engine.container(ref)))
+        c = engine.container(ref)
+        return json_response(translate.inspect(c, labels.labels(engine, c.id)))
 
     def remove(req: Request, ref: str) -> Response:
-        c = engine.container(ref)
+        c = _settled(engine, svc, ref)
         engine.remove(c.id, force=req.flag("force"), volumes=req.flag("v"))
         svc.fresh.discard(c.id)
         svc.await_attach.discard(c.id)
@@ -73,7 +76,7 @@ def routes(svc) -> list:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(req: Request, ref: str) -> Response:
-        c = engine.container(ref)
+        c = _settled(engine, svc, ref)
         if c.id in svc.fresh:
             svc.fresh.discard(c.id)
             if c.id in svc.await_attach:  # nobody attached: let the main process go
@@ -87,7 +90,7 @@ def routes(svc) -> list:
         return Response(204)
 
     def stop(req: Request, ref: str) -> Response:
-        c = engine.container(ref)
+        c = _settled(engine, svc, ref)
         if not c.active:
             raise NotModified("container already stopped")
         svc.fresh.discard(c.id)
@@ -95,13 +98,13 @@ def routes(svc) -> list:
         return Response(204)
 
     def restart(req: Request, ref: str) -> Response:
-        c = engine.container(ref)
+        c = _settled(engine, svc, ref)
         svc.fresh.discard(c.id)
         _started(engine, engine.restart(c.id, req.integer("t", 10)))
         return Response(204)
 
     def kill(req: Request, ref: str) -> Response:
-        c = engine.container(ref)
+        c = _settled(engine, svc, ref)
         svc.fresh.discard(c.id)
         engine.kill(c.id, req.arg("signal") or "KILL")
         return Response(204)
@@ -219,8 +222,9 @@ def routes(svc) -> list:
                    base64.b64encode(json.dumps(st).encode()).decode())]
         if req.method == "HEAD":
             return Response(200, b"", "application/x-tar", header)
+        c = engine.container(ref)
         return Response(200, content_type="application/x-tar", headers=header,
-                        stream=archives.read(engine, ref, path))
+                        stream=archives.read(engine, c.id, path, svc.copying(c.id)))
 
     def archive_put(req: Request, ref: str) -> Response:
         path = req.arg("path")
@@ -229,6 +233,7 @@ def routes(svc) -> list:
         st = archives.stat(engine, ref, path)
         if not st["mode"] & (1 << 31) and not st["linkTarget"]:
             raise HttpError(400, f"extraction point is not a directory: {path}")
+        svc.settle(engine.container(ref).id)
         archives.write(engine, ref, path, req.body)
         return Response(200, b"", "text/plain; charset=utf-8")
 
@@ -328,6 +333,13 @@ def _familiar(engine, image: str) -> str:
         return image
 
 
+def _settled(engine, svc, ref: str):
+    """The container, once copies out of it are over (see Service.settle)."""
+    c = engine.container(ref)
+    svc.settle(c.id)
+    return engine.container(c.id)
+
+
 def _release(engine, cid: str) -> None:
     """Let a main process that waits for an attach go: a short attach (the guest starts it
     200 ms after a client connected)."""
@@ -395,14 +407,28 @@ def _time_arg(req: Request, name: str) -> float:
         raise HttpError(400, f"invalid value for {name}: {text!r}") from None
 
 
-def _select(cs: list, all: bool, filters: dict[str, list[str]], limit: int) -> list:
+def _labels(value: object) -> dict[str, str]:
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        raise HttpError(400, "Labels must be an object of strings")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _label_ok(have: dict[str, str], want: str) -> bool:
+    key, eq, value = want.partition("=")
+    return key in have and (not eq or have[key] == value)
+
+
+def _select(cs: list, show_all: bool, filters: dict[str, list[str]], limit: int,
+            found: dict[str, dict[str, str]]) -> list:
     """GET /containers/json's `all`, `limit` and `filters` (id, name, status, ancestor,
-    exited, label: hv's containers carry no labels yet)."""
+    exited, label: every label filter must match)."""
     known = {"id", "name", "status", "ancestor", "exited", "label"}
     for key in filters:
         if key not in known:
             raise HttpError(400, f"invalid filter '{key}'")
-    if not all and not filters.get("status") and limit < 0:
+    if not show_all and not filters.get("status") and limit < 0:
         cs = [c for c in cs if c.active]
 
     def ok(c) -> bool:
@@ -422,7 +448,7 @@ def _select(cs: list, all: bool, filters: dict[str, list[str]], limit: int) -> l
         if filters.get("exited") and (st.status != "exited" or
                                       str(st.exit_code) not in filters["exited"]):
             return False
-        return not filters.get("label")
+        return all(_label_ok(found.get(c.id, {}), f) for f in filters.get("label", []))
 
     cs = [c for c in cs if ok(c)]
     return cs[:limit] if limit > 0 else cs

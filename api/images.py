@@ -178,7 +178,10 @@ def routes(svc) -> list:
         if body.get("DriverOpts"):
             raise HttpError(400, "driver options are not supported by hv's local driver")
         labels = body.get("Labels") or {}
-        v = engine.volume_create(body.get("Name") or None, dict(labels))
+        name = body.get("Name") or None
+        if not isinstance(labels, dict) or not isinstance(name, str | None):
+            raise HttpError(400, "Name must be a string and Labels an object")
+        v = engine.volume_create(name, {str(k): str(v) for k, v in labels.items()})
         return json_response(v.inspect(), 201)
 
     def volume_get(req: Request, name: str) -> Response:

@@ -22,7 +22,7 @@ from hv.timefmt import rfc3339
 _CONFIG_DONE = {
     "Image", "Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Hostname", "Tty",
     "OpenStdin", "AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ExposedPorts",
-    "Volumes", "ArgsEscaped",
+    "Volumes", "ArgsEscaped", "Labels",
 }
 _HOST_DONE = {
     "Binds", "Mounts", "PortBindings", "PublishAllPorts", "AutoRemove", "RestartPolicy",
@@ -75,6 +75,18 @@ def _strings(value: object, what: str) -> list[str]:
     return list(value)
 
 
+def _typed(value, types, what: str, default=None):
+    """`value` when it is of `types` (None: `default`), else Docker's 400."""
+    if value is None:
+        return default
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in
+                                        (types if isinstance(types, tuple) else (types,))):
+        from hv.errors import UsageError
+
+        raise UsageError(f"invalid {what}: wrong type {type(value).__name__}")
+    return value
+
+
 def _mount_text(m: dict) -> tuple[str | None, str | None]:
     """One HostConfig.Mounts entry as a `--mount` value, or a warning."""
     kind = (m.get("Type") or "volume").lower()
@@ -107,7 +119,7 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
                 ) -> tuple[RunOptions, list[str]]:
     """(RunOptions, warnings) for a create body. `image_exposed`: the image's ExposedPorts
     (PublishAllPorts publishes those itself; the body's others are added)."""
-    host = body.get("HostConfig") or {}
+    host = _typed(body.get("HostConfig"), dict, "HostConfig", {})
     warnings: list[str] = []
     for section, data, done in (("Config", body, _CONFIG_DONE), ("HostConfig", host, _HOST_DONE)):
         for key, value in data.items():
@@ -115,7 +127,8 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
                 continue
             if not _ignored(section, key, value):
                 warnings.append(f"{section}.{key} is not supported by hv: ignored")
-    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    net_cfg = _typed(body.get("NetworkingConfig"), dict, "NetworkingConfig", {})
+    endpoints = _typed(net_cfg.get("EndpointsConfig"), dict, "EndpointsConfig", {})
     for net, cfg in endpoints.items():
         if net not in ("bridge", "default") or not _empty(
                 {k: v for k, v in (cfg or {}).items() if k not in ("NetworkID", "EndpointID")}):
@@ -132,10 +145,10 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
         cmd = parts[1:] + cmd
 
     volumes = _strings(host.get("Binds"), "HostConfig.Binds")
-    volumes += [v for v in (body.get("Volumes") or {}) if v not in
+    volumes += [v for v in _typed(body.get("Volumes"), dict, "Volumes", {}) if v not in
                 {b.split(":")[1] if b.count(":") else b for b in volumes}]
     mounts = []
-    for m in host.get("Mounts") or []:
+    for m in _typed(host.get("Mounts"), list, "HostConfig.Mounts", []):
         text, warning = _mount_text(m if isinstance(m, dict) else {})
         if text:
             mounts.append(text)
@@ -143,7 +156,8 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
             warnings.append(warning)
 
     publish = []
-    for key, bindings in (host.get("PortBindings") or {}).items():
+    for key, bindings in _typed(host.get("PortBindings"), dict, "HostConfig.PortBindings",
+                                {}).items():
         port, _, proto = key.partition("/")
         for b in bindings or [{}]:
             hp, ip = (b or {}).get("HostPort") or "", (b or {}).get("HostIp") or ""
@@ -152,12 +166,14 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
     publish_all = bool(host.get("PublishAllPorts"))
     if publish_all:
         bound = set(host.get("PortBindings") or {})
-        for key in body.get("ExposedPorts") or {}:
+        for key in _typed(body.get("ExposedPorts"), dict, "ExposedPorts", {}):
             if key not in (image_exposed or {}) and key not in bound:
                 publish.append(key if "/" in key else f"{key}/tcp")
 
-    memory = host.get("Memory") or 0
-    nano = host.get("NanoCpus") or 0
+    memory = _typed(host.get("Memory"), int, "HostConfig.Memory", 0)
+    nano = _typed(host.get("NanoCpus"), int, "HostConfig.NanoCpus", 0)
+    for key in ("WorkingDir", "User", "Hostname"):
+        _typed(body.get(key), str, key)
     stdin_attached = bool(body.get("OpenStdin") and body.get("AttachStdin"))
     opts = RunOptions(
         image=str(body.get("Image") or ""),
@@ -246,13 +262,13 @@ def _ports_map(c: Container) -> dict:
     return out
 
 
-def summary(c: Container, mounts: list[dict]) -> dict:
+def summary(c: Container, mounts: list[dict], labels: dict[str, str]) -> dict:
     """One entry of GET /containers/json."""
     r = c.record
     return {
         "Id": r.id, "Names": ["/" + r.name], "Image": r.image, "ImageID": r.image_id,
         "Command": shlex.join(r.argv), "Created": int(r.created), "Ports": _ports_list(c),
-        "Labels": {}, "State": c.state().status, "Status": status_text(c),
+        "Labels": labels, "State": c.state().status, "Status": status_text(c),
         "HostConfig": {"NetworkMode": "default"},
         "NetworkSettings": {"Networks": {}},
         "Mounts": [{k: m.get(k) for k in ("Type", "Name", "Source", "Destination", "Driver",
@@ -261,7 +277,7 @@ def summary(c: Container, mounts: list[dict]) -> dict:
     }
 
 
-def inspect(c: Container) -> dict:
+def inspect(c: Container, labels: dict[str, str]) -> dict:
     """GET /containers/{id}/json: hv's inspect with Docker's types and the fields clients
     read (docker-py's ports, testcontainers' NetworkSettings.Ports)."""
     doc = c.inspect()
@@ -276,7 +292,7 @@ def inspect(c: Container) -> dict:
     doc["Config"].update({
         "Domainname": "", "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
         "ExposedPorts": exposed or None, "StdinOnce": False, "Volumes": None,
-        "OnBuild": None, "Labels": {}, "Cmd": r.cmd or None, "Env": list(r.env),
+        "OnBuild": None, "Labels": labels, "Cmd": r.cmd or None, "Env": list(r.env),
     })
     binds = [f"{m['Source']}:{m['Destination']}" + ("" if m.get("RW", True) else ":ro")
              for m in doc.get("Mounts") or [] if m.get("Type") == "bind"]

@@ -71,9 +71,12 @@ class _QueueWriter(io.RawIOBase):
                 continue
 
 
-def read(engine, ref: str, path: str) -> Iterator[bytes]:
+def read(engine, ref: str, path: str,
+         done: threading.Event | None = None) -> Iterator[bytes]:
     """The tar of PATH, as chunks (the copy runs on a thread of its own meanwhile). An error
-    after the first chunk ends the stream early (the client sees a short tar)."""
+    after the first chunk ends the stream early (the client sees a short tar). `done` is set
+    once the copy is over, the maintenance VM of a stopped container gone too: a client may
+    stop reading at the tar's end, before that."""
     q: queue.Queue = queue.Queue(maxsize=64)
     gone = threading.Event()
     c = engine.container(ref)
@@ -84,6 +87,8 @@ def read(engine, ref: str, path: str) -> Iterator[bytes]:
         except Exception:  # noqa: BLE001 - the stream just ends (a short tar)
             pass
         finally:
+            if done is not None:
+                done.set()
             while not gone.is_set():
                 try:
                     q.put(None, timeout=0.5)

@@ -73,6 +73,25 @@ class Service:
         return self.log.read_text(errors="replace")[-3000:]
 
 
+def _start(hv, sock: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return hv.popen("system", "service", f"unix://{sock}", "--log-level", "debug",
+                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _wait_ready(svc: Service) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if svc.proc.poll() is not None:
+            raise AssertionError(f"the service exited {svc.proc.returncode}:\n{svc.tail()}")
+        with contextlib.suppress(OSError):
+            if svc.request("GET", "/_ping")[0] == 200:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the service did not answer:\n{svc.tail()}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def service(hv, busybox, tmp_path_factory):
     if DOCKER is None:
@@ -80,26 +99,16 @@ def service(hv, busybox, tmp_path_factory):
     work = tmp_path_factory.mktemp("api")
     sock = hv.root / "api.sock"
     log = work / "service.log"
-    with open(log, "wb") as out:
-        proc = hv.popen("system", "service", f"unix://{sock}", "--log-level", "debug",
-                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    svc = Service(sock, proc, log, work / "docker-config")
+    svc = Service(sock, _start(hv, sock, log), log, work / "docker-config")
+    svc.restart = lambda: _start(hv, sock, log)  # type: ignore[attr-defined]
     svc.config.mkdir()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the service exited {proc.returncode}:\n{svc.tail()}")
-            with contextlib.suppress(OSError):
-                if svc.request("GET", "/_ping")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the service did not answer:\n{svc.tail()}")
-            time.sleep(0.1)
+        _wait_ready(svc)
         yield svc
     finally:
         with contextlib.suppress(Exception):
             svc.docker("rm", "-f", SHARED, timeout=60)
+        proc = svc.proc
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -254,7 +263,7 @@ def test_lifecycle_logs_follow_pause_kill_cp_restart(service, tmp_path):
                        text=True, env=env, timeout=240)
     assert p.returncode == 0, p.stderr
     p = service.docker("inspect", "-f", "{{.State.Status}}", name, check=True)
-    assert p.stdout.strip() == "running"
+    assert p.stdout.strip() == "running", p.stdout + service.tail()
     service.docker("restart", "-t", "1", name, check=True)
     assert service.docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
     service.docker("rm", "-f", name, check=True)
@@ -418,3 +427,104 @@ def test_docker_py(service, shared):
         client.volumes.get("api-py-vol").remove()
     finally:
         client.close()
+
+
+# --- docker-compose -------------------------------------------------------------------------
+
+
+def test_compose_up_ps_logs_down(service, tmp_path):
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is not installed (make setup installs Debian's)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(
+        'version: "3"\nservices:\n  web:\n    image: busybox\n'
+        "    command: sh -c 'echo compose-up > /data/f; cat /data/f; exec sleep 600'\n"
+        "    network_mode: bridge\n    volumes:\n      - data:/data\nvolumes:\n  data:\n")
+    env = dict(os.environ, DOCKER_HOST=service.url, DOCKER_CONFIG=str(service.config),
+               COMPOSE_PROJECT_NAME="hvapi")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([compose, *args], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=240)
+
+    try:
+        p = run("up", "-d")
+        assert p.returncode == 0, p.stderr + service.tail()
+        p = run("ps")
+        assert "hvapi_web_1" in p.stdout and " Up " in p.stdout, p.stdout
+        assert "hvapi_data" in service.docker("volume", "ls", "-q", check=True).stdout.split()
+        deadline = time.monotonic() + 60
+        while "compose-up" not in (p := run("logs")).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "compose-up" in p.stdout, p.stdout + p.stderr
+    finally:
+        p = run("down", "-v")
+    assert p.returncode == 0, p.stderr
+    assert "hvapi_web_1" not in service.docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert "hvapi_data" not in service.docker("volume", "ls", "-q", check=True).stdout.split()
+
+
+# --- bad input and faults -------------------------------------------------------------------
+
+
+def test_bad_input_is_answered_and_the_service_keeps_serving(service):
+    for body in ({"Image": "busybox", "Cmd": 5}, {"Image": "busybox", "HostConfig": "x"},
+                 {"Image": "busybox", "HostConfig": {"Memory": "lots"}}, [1, 2], "text"):
+        status, data, _ = service.request("POST", "/v1.50/containers/create", body)
+        assert status == 400, (body, data)
+        assert json.loads(data)["message"]
+    status, data, _ = service.request("POST", "/v1.50/containers/create",
+                                      raw=b"x" * (64 * 1024 * 1024 + 1))
+    assert status == 413 and "larger than" in json.loads(data)["message"]
+    with socket.socket(socket.AF_UNIX) as s:  # not HTTP at all
+        s.connect(str(service.sock))
+        s.sendall(b"\x00\x01garbage\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
+    status, data, _ = service.request("POST", "/v1.50/containers/nope/wait?condition=bogus")
+    assert status == 404
+    assert service.request("GET", "/_ping")[0] == 200
+
+
+def _hijack(service, path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(str(service.sock))
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+              "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 UPGRADED"), head
+    assert b"application/vnd.docker.multiplexed-stream" in head
+    return s
+
+
+def test_clients_leaving_mid_attach_and_mid_exec(service, shared):
+    a = _hijack(service, f"/v1.50/containers/{SHARED}/attach?stream=1&stdout=1&stderr=1")
+    b = _hijack(service, f"/v1.50/containers/{SHARED}/attach?stream=1&stdout=1&stderr=1")
+    a.close()  # gone without a word
+    b.close()
+    status, data, _ = service.request("POST", f"/v1.50/containers/{SHARED}/exec",
+                                      {"Cmd": ["sh", "-c", "sleep 2; echo late"],
+                                       "AttachStdout": True})
+    exec_id = json.loads(data)["Id"]
+    e = _hijack(service, f"/v1.50/exec/{exec_id}/start")
+    e.close()
+    assert service.docker("exec", SHARED, "echo", "still-serving", check=True).stdout == \
+        "still-serving\n"
+    assert service.docker("inspect", "-f", "{{.State.Running}}", SHARED).stdout.strip() == "true"
+
+
+def test_a_sigkilled_service_leaves_containers_running_and_a_new_one_sees_them(service,
+                                                                                 shared):
+    service.proc.kill()
+    service.proc.wait()
+    assert service.sock.exists()  # left behind by the killed server
+    service.proc = service.restart()
+    _wait_ready(service)
+    p = service.docker("ps", "--format", "{{.Names}} {{.State}}", check=True)
+    assert f"{SHARED} running" in p.stdout.splitlines()
+    assert service.docker("exec", SHARED, "echo", "after-restart", check=True).stdout == \
+        "after-restart\n"

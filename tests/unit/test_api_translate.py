@@ -66,13 +66,14 @@ def test_fields_hv_acts_on():
 
 
 def test_what_hv_does_not_do_is_a_warning():
-    body = {"Image": "busybox", "Labels": {"a": "b"}, "Healthcheck": {"Test": ["CMD", "true"]},
+    body = {"Image": "busybox", "Domainname": "example.com",
+            "Healthcheck": {"Test": ["CMD", "true"]},
             "HostConfig": {"Privileged": True, "CapAdd": ["NET_ADMIN"],
                            "Mounts": [{"Type": "tmpfs", "Target": "/t"}]},
             "NetworkingConfig": {"EndpointsConfig": {"mynet": {"Aliases": ["x"]}}}}
     _opts, warnings = run_options(body, None, {})
     text = "\n".join(warnings)
-    for word in ("Config.Labels", "Config.Healthcheck", "HostConfig.Privileged",
+    for word in ("Config.Domainname", "Config.Healthcheck", "HostConfig.Privileged",
                  "HostConfig.CapAdd", "tmpfs", "mynet"):
         assert word in text, (word, warnings)
 
@@ -103,3 +104,16 @@ def test_frames_pull_lines_and_media_types():
     msg = pull_event(Ev("abc", "Downloading", 50, 100))
     assert msg["progressDetail"] == {"current": 50, "total": 100} and "progress" in msg
     assert human_duration(0.5) == "Less than a second" and human_duration(90) == "About a minute"
+
+
+def test_wrong_types_are_usage_errors():
+    import pytest
+
+    from hv.errors import UsageError
+
+    for body in ({"Image": "x", "Cmd": 5}, {"Image": "x", "HostConfig": "big"},
+                 {"Image": "x", "HostConfig": {"Memory": "lots"}},
+                 {"Image": "x", "HostConfig": {"Memory": True}},
+                 {"Image": "x", "WorkingDir": ["/"]}, {"Image": "x", "Env": [1]}):
+        with pytest.raises(UsageError):
+            run_options(body, None, {})
