@@ -198,9 +198,11 @@ def routes(svc) -> list:
 
         def replay(sock, _leftover: bytes) -> None:
             if follow and not c.active:  # `start -a`: the output of the coming start
+                # (not req.client_gone: a client without stdin half-closes at once, and a
+                # hijacked socket cannot tell that from leaving)
                 deadline = time.monotonic() + 60
                 while not engine.container(c.id).active:
-                    if time.monotonic() > deadline or req.client_gone():
+                    if time.monotonic() > deadline:
                         return
                     time.sleep(POLL)
             tail = None if from_start else 0

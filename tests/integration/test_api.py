@@ -198,6 +198,16 @@ def test_run_rm_output_and_exit_code(service):
     assert "api-rm" not in names
 
 
+def test_run_without_rm_then_start_attached(service):
+    p = service.docker("run", "--name", "api-again", "busybox", "sh", "-c", "echo run; exit 4")
+    assert (p.returncode, p.stdout) == (4, "run\n"), p.stderr
+    p = service.docker("start", "-a", "api-again")  # the next run's output, its exit code
+    assert (p.returncode, p.stdout) == (4, "run\n"), p.stderr + service.tail()
+    p = service.docker("run", "--rm", "busybox", "no-such-command")
+    assert p.returncode == 127 and "executable file not found" in p.stderr
+    service.docker("rm", "api-again", check=True)
+
+
 def test_run_interactive_stdin_ends(service):
     p = service.docker("run", "-i", "--rm", "busybox", "cat", input="hi\nthere\n", timeout=180)
     assert p.returncode == 0, p.stderr + service.tail()
@@ -528,3 +538,70 @@ def test_a_sigkilled_service_leaves_containers_running_and_a_new_one_sees_them(s
     assert f"{SHARED} running" in p.stdout.splitlines()
     assert service.docker("exec", SHARED, "echo", "after-restart", check=True).stdout == \
         "after-restart\n"
+
+
+# --- the course's clean-up script, with the real docker binary --------------------------------
+
+CLEANUP = """\
+#!/bin/bash
+
+# remove containers:
+docker ps -aq | xargs -r docker rm -f
+
+# remove unused images (those without running containers):
+docker images --no-trunc | awk '{ print $3 }' | xargs -r docker rmi
+
+# remove unused volumes:
+docker volume ls -qf dangling=true | xargs -r docker volume rm
+"""
+
+
+def test_course_cleanup_script_with_the_real_docker(hv, test_images_dir, tmp_path):
+    """On a state root of its own (it removes every image): no shim, `docker` is docker."""
+    import tempfile
+
+    from tests.conftest import Hv, _qemu_pids
+
+    own = Hv(Path(tempfile.mkdtemp(prefix="hva-", dir="/tmp")))
+    own("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
+    sock, log = own.root / "api.sock", tmp_path / "cleanup-service.log"
+    svc = Service(sock, _start(own, sock, log), log, tmp_path / "docker-config")
+    svc.config.mkdir()
+    try:
+        _wait_ready(svc)
+        svc.docker("volume", "create", "course-named", check=True)
+        svc.docker("run", "-d", "--name", "web", "-v", "course-named:/data", "-v", "/cache",
+                   "busybox", "sleep", "600", check=True)
+        svc.docker("run", "--name", "done", "-v", "other-named:/x", "busybox", "true",
+                   check=True)
+        svc.docker("volume", "create", "lonely", check=True)
+        before = svc.docker("ps", "-aq", check=True).stdout.split()
+        assert len(before) == 2
+        (tmp_path / "cleanup.sh").write_text(CLEANUP)
+        env = dict(os.environ, DOCKER_HOST=svc.url, DOCKER_CONFIG=str(svc.config))
+        p = subprocess.run(["bash", str(tmp_path / "cleanup.sh")], capture_output=True,
+                           text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr + svc.tail()
+        out = p.stdout.splitlines()
+        assert sorted(out[:2]) == sorted(before), (out, p.stderr, svc.tail())
+        assert "Untagged: busybox:latest" in out
+        assert any(line.startswith("Deleted: sha256:") for line in out), out
+        for name in ("course-named", "other-named", "lonely"):
+            assert name in out, out
+        errors = [line for line in p.stderr.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and "invalid reference format" in errors[0], p.stderr
+        assert svc.docker("ps", "-aq", check=True).stdout == ""
+        assert svc.docker("images", "-q", check=True).stdout == ""
+        assert svc.docker("volume", "ls", "-qf", "dangling=true", check=True).stdout == ""
+    finally:
+        ids = own("ps", "-aq").stdout.split()
+        if ids:
+            own("rm", "-f", *ids)
+        if svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+            svc.proc.wait(timeout=20)
+        left = _qemu_pids(own.root)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(own.root, ignore_errors=True)
+    assert not left, f"QEMU outlived the clean-up test: {left}"
