@@ -121,6 +121,16 @@ def service(hv, busybox, tmp_path_factory):
     assert not sock.exists(), "the service left its socket behind"
 
 
+@pytest.fixture(autouse=True)
+def _service_log_on_failure(request):
+    """The service's log tail in a failing test's report (printed after each test that used
+    the service; pytest shows it only when the test failed)."""
+    yield
+    if "service" in request.fixturenames:
+        svc = request.getfixturevalue("service")
+        print(f"--- service log ({svc.log}):\n{svc.tail()}")
+
+
 @pytest.fixture(scope="module")
 def shared(service):
     """One running container for exec, logs, inspect and docker-py's exec_run."""
