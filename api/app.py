@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from api import containers, images, system
+from api import containers, events, images, system
 from api.http import HttpError, Request, Response, error_response
 from hv.errors import HvError, NotModified
 
@@ -125,6 +125,7 @@ class Service:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.live = Live()
+        self.bus = events.Bus()  # image and volume events (containers are watched)
         self.reaper = Reaper(engine)
         # created through the API and not started yet: hv's create boots the VM at once, so
         # an attach before `start` replays the output from the beginning

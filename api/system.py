@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
 
-from api.http import Request, Response, json_response
-from hv import __version__
+from api import events
+from api.http import HttpError, Request, Response, json_response
+from hv import __version__, labels
 from hv.host_info import facts
 
 PING_HEADERS = [("Builder-Version", "1"),  # API-Version: on every answer (api.http)
@@ -86,24 +86,17 @@ def routes(svc) -> list:
             "Accelerator": accel, "GuestKernel": f.guest_kernel,
         })
 
-    def events(req: Request) -> Response:
-        """A stream that stays open until the client leaves (events are not recorded yet)."""
-        until = req.arg("until")
-
-        def stream() -> Iterator[bytes]:
-            end = float(until) if until else None
-            while not req.client_gone():
-                if end is not None and time.time() >= end:
-                    return
-                time.sleep(0.25)
-                yield b""
-        return Response(200, content_type="application/json", stream=stream())
+    def event_stream(req: Request) -> Response:
+        since, until = _seconds(req.arg("since")), _seconds(req.arg("until"))
+        body = events.stream(svc.engine, svc.bus, lambda cid: labels.labels(svc.engine, cid),
+                             req.filters(), since, until, req.client_gone)
+        return Response(200, content_type="application/json", stream=body)
 
     return [
         ("GET", "/_ping", ping),
         ("GET", "/version", version),
         ("GET", "/info", info),
-        ("GET", "/events", events),
+        ("GET", "/events", event_stream),
     ]
 
 
@@ -116,3 +109,13 @@ def _now() -> str:
     from hv.timefmt import rfc3339
 
     return rfc3339(time.time())
+
+
+def _seconds(text: str | None) -> float:
+    """Docker's since/until: Unix seconds, possibly with a fraction ("1700000000.5")."""
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise HttpError(400, f"invalid time value {text!r}: want Unix seconds") from None

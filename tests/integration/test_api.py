@@ -224,6 +224,17 @@ def test_run_interactive_stdin_ends(service):
     assert p.stdout == "hi\nthere\n"
 
 
+def test_hv_and_docker_share_the_root(service, shared, hv):
+    """While the service runs, the daemonless `hv` CLI works on the same state root."""
+    p = hv("ps", "--format", "{{.Names}}", check=True)
+    assert SHARED in p.stdout.split()
+    assert hv("exec", SHARED, "echo", "from-hv", check=True).stdout == "from-hv\n"
+    p = hv("run", "--rm", "busybox", "echo", "hv-run-beside-the-service", check=True)
+    assert p.stdout == "hv-run-beside-the-service\n"
+    p = service.docker("exec", SHARED, "echo", "from-docker", check=True)
+    assert p.stdout == "from-docker\n"
+
+
 def test_detached_ps_logs_inspect_exec(service, shared):
     rows = service.docker("ps", "--format", "{{.ID}} {{.Names}} {{.Status}}",
                           check=True).stdout.splitlines()
@@ -367,6 +378,32 @@ def test_volumes(service):
     assert "api-vol" not in service.docker("volume", "ls", "-q", check=True).stdout.split()
     p = service.docker("volume", "inspect", "api-vol")
     assert p.returncode == 1
+
+
+def test_events(service):
+    t0 = time.time()
+    service.docker("volume", "create", "api-ev-vol", check=True)
+    service.docker("volume", "rm", "api-ev-vol", check=True)
+    p = service.docker("events", "--since", f"{t0:.3f}", "--until", f"{time.time():.3f}",
+                       "--filter", "type=volume", "--format", "{{.Action}} {{.Actor.ID}}",
+                       timeout=30, check=True)
+    assert p.stdout.splitlines() == ["create api-ev-vol", "destroy api-ev-vol"]
+    env = dict(os.environ, DOCKER_CONFIG=str(service.config))
+    watch = subprocess.Popen([DOCKER, "-H", service.url, "events", "--filter",
+                              "container=api-ev", "--format", "{{.Action}}"],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(1.0)  # the stream has read the table
+        service.docker("run", "--rm", "--name", "api-ev", "busybox", "true", check=True)
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while "destroy" not in seen and time.monotonic() < deadline:
+            seen.append(watch.stdout.readline().strip())
+    finally:
+        watch.kill()
+        watch.wait()
+    assert [a for a in seen if a in ("create", "start", "die", "destroy")] == \
+        ["create", "start", "die", "destroy"], seen
 
 
 def test_pull_images_tag_rmi(service, tmp_path):
