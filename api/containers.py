@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
 import threading
 import time
@@ -246,6 +247,40 @@ def routes(svc) -> list:
         rows = [line.split(None, max(0, len(titles) - 1)) for line in lines[1:]]
         return json_response({"Titles": titles, "Processes": rows})
 
+    def stats(req: Request, ref: str) -> Response:
+        """Docker's stats JSON from hv's sample (QEMU's CPU time and RSS, the disk's I/O):
+        the CPU numbers are made so docker/cli's formula gives hv's percentage back."""
+        c = engine.container(ref)
+        once = not req.flag("stream", True) or req.flag("one-shot")
+
+        def sample() -> bytes:
+            row = engine.stats([c.id])[0]
+            return _json(_stats_doc(c, row, os.cpu_count() or 1))
+
+        if once:
+            return Response(200, sample(), "application/json")
+
+        def body() -> Iterator[bytes]:
+            while not req.client_gone():
+                yield sample()  # engine.stats takes a second between its two samples
+        return Response(200, content_type="application/json", stream=body())
+
+    def prune(req: Request) -> Response:
+        """Stopped containers (their anonymous volumes stay, as Docker's)."""
+        filters = req.filters()
+        removed, space = [], 0
+        for c in engine.containers(all=True):
+            if c.active or not all(_label_ok(labels.labels(engine, c.id), f)
+                                   for f in filters.get("label", [])):
+                continue
+            try:
+                engine.remove(c.id)
+            except HvError:
+                continue
+            svc.fresh.discard(c.id)
+            removed.append(c.id)
+        return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": space})
+
     # --- exec --------------------------------------------------------------------------
 
     def exec_create(req: Request, ref: str) -> Response:
@@ -314,6 +349,8 @@ def routes(svc) -> list:
         ("GET", f"/containers/{ID}/archive", archive),
         ("PUT", f"/containers/{ID}/archive", archive_put),
         ("GET", f"/containers/{ID}/top", top),
+        ("GET", f"/containers/{ID}/stats", stats),
+        ("POST", "/containers/prune", prune),
         ("POST", f"/exec/{EXEC}/start", exec_start),
         ("POST", f"/exec/{EXEC}/resize", exec_resize),
         ("GET", f"/exec/{EXEC}/json", exec_inspect),
@@ -407,6 +444,26 @@ def _time_arg(req: Request, name: str) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         raise HttpError(400, f"invalid value for {name}: {text!r}") from None
+
+
+def _stats_doc(c, row: dict, ncpu: int) -> dict:
+    now = rfc3339(time.time())
+    system = int(1e9 * ncpu)  # one second of every CPU
+    cpu = {"cpu_usage": {"total_usage": int(row["cpu"] / 100 * 1e9), "usage_in_kernelmode": 0,
+                         "usage_in_usermode": 0},
+           "system_cpu_usage": system, "online_cpus": ncpu, "throttling_data": {}}
+    pre = {"cpu_usage": {"total_usage": 0}, "system_cpu_usage": 0, "online_cpus": ncpu,
+           "throttling_data": {}}
+    read, written = row["blk"]
+    return {
+        "id": c.id, "name": "/" + c.name, "read": now, "preread": now,
+        "cpu_stats": cpu, "precpu_stats": pre, "num_procs": 0,
+        "memory_stats": {"usage": row["mem"], "limit": row["limit"], "stats": {}},
+        "blkio_stats": {"io_service_bytes_recursive": [
+            {"major": 0, "minor": 0, "op": "read", "value": read},
+            {"major": 0, "minor": 0, "op": "write", "value": written}]},
+        "pids_stats": {}, "networks": {},
+    }
 
 
 def _labels(value: object) -> dict[str, str]:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 
 from api.http import HttpError, Request, Response, json_response
+from api.translate import summary
 from hv.errors import HvError
 
 _PULLING = re.compile(r"^(?P<tag>\S+): Pulling from (?P<repo>.+)$")
@@ -158,6 +159,40 @@ def routes(svc) -> list:
         svc.bus.publish("image", "tag", f"{repo}:{tag}", {"name": f"{repo}:{tag}"})
         return Response(201)
 
+    def images_prune(req: Request) -> Response:
+        """Images no container uses: untagged ones, every one with dangling=false."""
+        filters = req.filters()
+        everything = any(v.lower() in ("false", "0") for v in filters.get("dangling", []))
+        used = {c.record.image_id for c in engine.containers(all=True)}
+        deleted, space = [], 0
+        for img in engine.images.list():
+            if img.id in used or (img.repo_tags and not everything):
+                continue
+            try:
+                done = engine.remove_image(img.id, force=len(img.repo_tags) > 1)
+            except HvError:
+                continue
+            deleted += [{kind: value} for kind, value in done]
+            space += img.size
+        return json_response({"ImagesDeleted": deleted or None, "SpaceReclaimed": space})
+
+    def system_df(req: Request) -> Response:
+        cs = engine.containers(all=True)
+        used: dict[str, int] = {}
+        for c in cs:
+            used[c.record.image_id] = used.get(c.record.image_id, 0) + 1
+        users = engine.volume_users()
+        return json_response({
+            "LayersSize": sum(i.size for i in engine.images.list()),
+            "Images": [dict(image_summary(i, used.get(i.id, 0)), SharedSize=0)
+                       for i in engine.images.list()],
+            "Containers": [dict(summary(c, [], {}), SizeRw=0, SizeRootFs=0) for c in cs],
+            "Volumes": [dict(v.inspect(), UsageData={"Size": -1,
+                                                     "RefCount": len(users.get(v.name, []))})
+                        for v in engine.volume_list()],
+            "BuildCache": [],
+        })
+
     # --- volumes -----------------------------------------------------------------------
 
     def volumes_list(req: Request) -> Response:
@@ -211,6 +246,8 @@ def routes(svc) -> list:
     NAME = r"(?P<name>.+)"
     return [
         ("GET", "/images/json", images_list),
+        ("POST", "/images/prune", images_prune),
+        ("GET", "/system/df", system_df),
         ("POST", "/images/create", image_pull),
         ("GET", f"/images/{NAME}/json", image_get),
         ("POST", f"/images/{NAME}/tag", image_tag),

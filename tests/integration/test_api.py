@@ -380,6 +380,27 @@ def test_volumes(service):
     assert p.returncode == 1
 
 
+def test_stats_df_and_a_labelled_prune(service, shared):
+    p = service.docker("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", SHARED,
+                       check=True)
+    name, usage = p.stdout.split(" ", 1)
+    assert name == SHARED and usage.strip().endswith("/ 512MiB"), p.stdout
+    p = service.docker("system", "df", "--format", "{{.Type}}", check=True)
+    assert {"Images", "Containers", "Local Volumes"} <= set(p.stdout.splitlines())
+    service.docker("run", "--name", "api-prunable", "--label", "api-test=prune", "busybox",
+                   "true", check=True)
+    p = service.docker("inspect", "-f", "{{index .Config.Labels \"api-test\"}}",
+                       "api-prunable", check=True)
+    assert p.stdout.strip() == "prune"
+    assert "api-prunable" in service.docker(
+        "ps", "-a", "--filter", "label=api-test=prune", "--format", "{{.Names}}").stdout
+    p = service.docker("container", "prune", "-f", "--filter", "label=api-test=prune",
+                       check=True)
+    assert "Deleted Containers:" in p.stdout
+    assert service.docker("inspect", "api-prunable").returncode == 1
+    assert service.docker("inspect", SHARED).returncode == 0  # running: kept
+
+
 def test_events(service):
     t0 = time.time()
     service.docker("volume", "create", "api-ev-vol", check=True)
