@@ -293,9 +293,10 @@ def routes(svc) -> list:
         rows_cols = (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 \
             and all(isinstance(n, int) and n > 0 for n in size) else None
         tty = body.get("Tty")
-        stream = exec_sessions.start(engine, exec_id, bool(tty) if tty is not None else None,
-                                     rows_cols)
+        use_tty = bool(tty) if tty is not None else None
         if body.get("Detach"):
+            stream = exec_sessions.start(engine, exec_id, use_tty, rows_cols)
+
             def background() -> None:
                 try:
                     code = streams.drain(stream)
@@ -304,10 +305,21 @@ def routes(svc) -> list:
                 exec_sessions.finish(engine, exec_id, code)
             threading.Thread(target=background, daemon=True, name="hv-api-exec").start()
             return Response(200, b"", "application/json")
-        info = exec_sessions.inspect(engine, exec_id)
-        svc.live.add(exec_id, stream)
+        info = exec_sessions.check_startable(engine, exec_id)
+        tty_on = info["ProcessConfig"]["tty"] if use_tty is None else use_tty
 
         def relay(sock, leftover: bytes) -> None:
+            # the command starts once the client has the 101: output that came with the
+            # answer's headers would be lost in a client's header buffer (docker-py's)
+            try:
+                stream = exec_sessions.start(engine, exec_id, use_tty, rows_cols)
+            except HvError as e:
+                with contextlib.suppress(OSError):
+                    msg = (e.message + "\n").encode()
+                    sock.sendall(msg if tty_on else streams.frame(2, msg))
+                exec_sessions.finish(engine, exec_id, e.exit_code)
+                return
+            svc.live.add(exec_id, stream)
             code = None
             try:
                 code = streams.pump(sock, stream, not stream.tty, info["OpenStdin"], leftover)
@@ -315,8 +327,7 @@ def routes(svc) -> list:
                 svc.live.remove(exec_id, stream)
                 stream.close()
                 exec_sessions.finish(engine, exec_id, code)  # before the connection closes
-        return Response(content_type=streams.content_type(stream.tty, req.version),
-                        hijack=relay)
+        return Response(content_type=streams.content_type(tty_on, req.version), hijack=relay)
 
     def exec_resize(req: Request, exec_id: str) -> Response:
         exec_sessions.inspect(engine, exec_id)  # 404 for an unknown id

@@ -105,6 +105,20 @@ def inspect(engine, exec_id: str) -> dict:
     }
 
 
+def check_startable(engine, exec_id: str) -> dict:
+    """The exec's inspect, if `start` can run it now (else Docker's 404/409): lets a front
+    end answer errors before it hands the connection over, and start the command after."""
+    cid, r = _find(engine, exec_id)
+    if r["Started"]:
+        raise Conflict(f"Error: Exec command {exec_id} has already run")
+    c = engine.container(cid)
+    if not c.active:
+        raise Conflict(f"container {cid} is not running")
+    if c.paused:
+        raise Conflict(f"Container {cid} is paused, unpause the container before exec")
+    return inspect(engine, exec_id)
+
+
 def start(engine, exec_id: str, tty: bool | None = None,
           size: tuple[int, int] | None = None) -> ExecStream:
     """Run the exec; its stream (the caller pumps it, then calls `finish`). `size`: the
