@@ -262,6 +262,24 @@ def _ports_map(c: Container) -> dict:
     return out
 
 
+# Every VM has a user-mode network of its own; from the host a container is reached through
+# its published ports on the host's loopback, so that is the "gateway" clients may use
+# (testcontainers' get_container_host_ip reads it). The name is Docker's default network's.
+BRIDGE_ENDPOINT = {
+    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID": "bridge",
+    "EndpointID": "", "Gateway": "127.0.0.1", "IPAddress": "", "IPPrefixLen": 0,
+    "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
+    "DNSNames": None,
+}
+BRIDGE_NETWORK = {
+    "Name": "bridge", "Id": "bridge", "Created": "0001-01-01T00:00:00Z", "Scope": "local",
+    "Driver": "hv-user", "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
+                                                       "Config": []},
+    "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+    "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {},
+}
+
+
 def summary(c: Container, mounts: list[dict], labels: dict[str, str]) -> dict:
     """One entry of GET /containers/json."""
     r = c.record
@@ -270,7 +288,7 @@ def summary(c: Container, mounts: list[dict], labels: dict[str, str]) -> dict:
         "Command": shlex.join(r.argv), "Created": int(r.created), "Ports": _ports_list(c),
         "Labels": labels, "State": c.state().status, "Status": status_text(c),
         "HostConfig": {"NetworkMode": "default"},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": {"bridge": BRIDGE_ENDPOINT} if c.active else {}},
         "Mounts": [{k: m.get(k) for k in ("Type", "Name", "Source", "Destination", "Driver",
                                            "Mode", "RW", "Propagation") if k in m}
                    for m in mounts],
@@ -304,7 +322,7 @@ def inspect(c: Container, labels: dict[str, str]) -> dict:
     doc["NetworkSettings"] = {
         "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False,
         "Ports": _ports_map(c), "IPAddress": "", "IPPrefixLen": 0, "Gateway": "",
-        "MacAddress": "", "Networks": {},
+        "MacAddress": "", "Networks": {"bridge": BRIDGE_ENDPOINT} if c.active else {},
     }
     doc["Created"] = rfc3339(r.created)
     return doc

@@ -677,3 +677,33 @@ def test_course_cleanup_script_with_the_real_docker(hv, test_images_dir, tmp_pat
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(own.root, ignore_errors=True)
     assert not left, f"QEMU outlived the clean-up test: {left}"
+
+
+# --- testcontainers-python --------------------------------------------------------------------
+
+
+def test_testcontainers_reaches_a_port_inside_the_vm(service, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", service.url)
+    monkeypatch.setenv("DOCKER_CONFIG", str(service.config))
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    import urllib.request
+
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    box = DockerContainer("busybox").with_exposed_ports(8080).with_command(
+        ["sh", "-c", "mkdir -p /www && echo hello-from-the-vm > /www/index.html && "
+         "echo ready && exec httpd -f -p 8080 -h /www"])
+    with box:
+        wait_for_logs(box, "ready", timeout=120)
+        host, port = box.get_container_host_ip(), int(box.get_exposed_port(8080))
+        deadline, body = time.monotonic() + 60, b""
+        while time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://{host}:{port}/", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.3)
+        cid = box.get_wrapped_container().id
+    assert body == b"hello-from-the-vm\n"
+    assert service.request("GET", f"/v1.50/containers/{cid}/json")[0] == 404  # removed
