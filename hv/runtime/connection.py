@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,13 @@ def call(fn, *args):
 
 _preopened: Opened | None = None
 
+# The parent's ends of every Opened's pipes, so that a child forked by another thread (the
+# Engine API serves each connection on a thread) closes them: a child holding a copy of
+# another's request pipe keeps that one from ever reading EOF, and both wait for the root's
+# lock until it times out (seen: 3 of 4 concurrent `docker run`s failed after 60 s).
+_forking = threading.Lock()
+_parent_ends: set[int] = set()
+
 
 def preopen() -> None:
     """Start opening libvirt now, for the one call a command is about to make.
@@ -246,13 +254,20 @@ class Opened:
         paths.state_root().mkdir(parents=True, exist_ok=True)
         if import_here:
             libvirt_module()
-        req_r, self._req = os.pipe()
-        self._res, res_w = os.pipe()
-        self.pid = os.fork()
+        with _forking:  # pipes made and registered, fork: one thread at a time
+            req_r, self._req = os.pipe()
+            self._res, res_w = os.pipe()
+            others = set(_parent_ends)
+            self.pid = os.fork()
+            if self.pid != 0:
+                _parent_ends.update((self._req, self._res))
         if self.pid == 0:  # child: never returns, whatever happens (a parent gone on ^C)
             try:
                 os.close(self._req)
                 os.close(self._res)
+                for fd in others:  # other threads' Opened pipes (see _parent_ends)
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
                 # answers go through the pipe; `hv run … | cat` must not wait for this child
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
@@ -274,10 +289,14 @@ class Opened:
                 return fn(conn, *args)
         pid, self.pid = self.pid, 0
         try:
+            with _forking:
+                _parent_ends.discard(self._req)
             with os.fdopen(self._req, "wb") as f:
                 f.write(pickle.dumps((fn, args)))
         except BrokenPipeError:
             pass  # the child died; _collect says so
+        with _forking:
+            _parent_ends.discard(self._res)
         data = _collect(self._res, pid)
         if not data:
             raise RuntimeFailure("the libvirt helper process died",
@@ -290,6 +309,8 @@ class Opened:
     def close(self) -> None:
         if self.pid:
             pid, self.pid = self.pid, 0
+            with _forking:
+                _parent_ends.difference_update((self._req, self._res))
             os.close(self._req)
             _collect(self._res, pid)
 

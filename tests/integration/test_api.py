@@ -218,6 +218,21 @@ def test_run_without_rm_then_start_attached(service):
     service.docker("rm", "api-again", check=True)
 
 
+def test_clients_at_once(service):
+    """Four `docker run --rm` at once: each its own output and exit code (the service serves
+    them on threads; each libvirt operation forks a child of its own)."""
+    env = dict(os.environ, DOCKER_CONFIG=str(service.config))
+    procs = [subprocess.Popen([DOCKER, "-H", service.url, "run", "--rm", "busybox", "sh", "-c",
+                               f"echo c{i}; exit {i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(1, 5)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        results.append((p.returncode, out, err))
+    assert [(code, out) for code, out, _ in results] == \
+        [(i, f"c{i}\n") for i in range(1, 5)], results
+
+
 def test_run_interactive_stdin_ends(service):
     p = service.docker("run", "-i", "--rm", "busybox", "cat", input="hi\nthere\n", timeout=180)
     assert p.returncode == 0, p.stderr + service.tail()
