@@ -126,6 +126,11 @@ class Service:
         self.engine = engine
         self.live = Live()
         self.bus = events.Bus()  # image and volume events (containers are watched)
+        # one create at a time: Engine.create checks the name and picks a random one with
+        # no lock, and makes an image's overlay template under a per-process temporary name
+        # (two threads collided on it); a create is ~1 s and libvirt's root serializes the
+        # boots anyway
+        self.creating = threading.Lock()
         self.reaper = Reaper(engine)
         # created through the API and not started yet: hv's create boots the VM at once, so
         # an attach before `start` replays the output from the beginning

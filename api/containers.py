@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from api import streams, translate
 from api.http import HttpError, Request, Response, json_response
 from hv import archives, exec_sessions, labels
-from hv.errors import CommandNotFound, HvError, ImageNotFound, NotFound, NotModified
+from hv.errors import CommandNotFound, Conflict, HvError, ImageNotFound, NotFound, NotModified
 from hv.timefmt import rfc3339
 
 POLL = 0.1
@@ -43,7 +43,8 @@ def routes(svc) -> list:
             raise ImageNotFound(f"No such image: {_familiar(engine, image)}")
         exposed = engine.images.get(image).run_config.get("ExposedPorts") or {}
         opts, warnings = translate.run_options(body, req.arg("name"), exposed)
-        created = engine.create(opts)
+        with svc.creating:  # engine.create is not thread-safe (see Service.creating)
+            created = engine.create(opts)
         c = created.container
         labels.set_labels(engine, c.id, _labels(body.get("Labels")))
         svc.fresh.add(c.id)
@@ -183,11 +184,21 @@ def routes(svc) -> list:
         ctype = streams.content_type(tty, req.version)
         want = tuple(n for n, on in ((1, req.flag("stdout")), (2, req.flag("stderr"))) if on)
         if req.flag("stdin") and c.record.stdin_open and c.active:
-            _c, stream = exec_sessions.attach(engine, c.id)
-            svc.await_attach.discard(c.id)
-            svc.live.add(c.id, stream)
+            if c.paused:
+                raise Conflict("You cannot attach to a paused container, unpause it first")
+            svc.await_attach.discard(c.id)  # its guest waits for this attach, not `start`
 
             def relay(sock, leftover: bytes) -> None:
+                # connected after the 101, as the exec's command starts: nothing the process
+                # prints may come with the answer's headers (a client's buffer keeps it)
+                try:
+                    _c, stream = exec_sessions.attach(engine, c.id)
+                except HvError as e:
+                    with contextlib.suppress(OSError):
+                        msg = (e.message + "\n").encode()
+                        sock.sendall(msg if tty else streams.frame(2, msg))
+                    return
+                svc.live.add(c.id, stream)
                 try:
                     streams.pump(sock, stream, not tty, True, leftover, want)
                 finally:
