@@ -43,10 +43,11 @@ def routes(svc) -> list:
             raise ImageNotFound(f"No such image: {_familiar(engine, image)}")
         exposed = engine.images.get(image).run_config.get("ExposedPorts") or {}
         opts, warnings = translate.run_options(body, req.arg("name"), exposed)
+        wanted_labels = _labels(body.get("Labels"))  # checked before anything is made
         with svc.creating:  # engine.create is not thread-safe (see Service.creating)
             created = engine.create(opts)
         c = created.container
-        labels.set_labels(engine, c.id, _labels(body.get("Labels")))
+        labels.set_labels(engine, c.id, wanted_labels)
         svc.fresh.add(c.id)
         if not opts.detach:
             svc.await_attach.add(c.id)
