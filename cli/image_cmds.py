@@ -25,9 +25,9 @@ _PLAIN_SKIP = {"Downloading", "Extracting", "Building disk"}
 
 
 def _engine():
-    from hv.engine import Engine
+    from cli.session import engine
 
-    return Engine()
+    return engine()
 
 
 # --- pull progress ------------------------------------------------------------------------------

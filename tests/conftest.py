@@ -96,9 +96,11 @@ def _lingering(binary: bytes, root: Path, grace: float = 3.0) -> list[int]:
 def _destroy_all(root: Path) -> None:
     if not (root / "libvirt").exists():
         return
-    from hv.runtime.connection import connect
+    from hv.config import Config
+    from hv.runtime.connection import Libvirt
 
-    with connect() as conn:
+    config = Config.from_environ(dict(os.environ, HV_ROOT=str(root)))
+    with Libvirt(config.paths, config.host).connect() as conn:
         for dom in conn.listAllDomains():
             try:
                 if dom.isActive():
