@@ -475,6 +475,7 @@ def _register_extras() -> None:
     image_cmds.register(app)
     __import__("cli.volume_cmds").volume_cmds.register(app)  # hv volume, hv system
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
+    __import__("cli.events_cmd").events_cmd.register(app)  # hv events
 
 
 _register_extras()

@@ -207,7 +207,8 @@ def test_tag_and_rmi(reg, root, tmp_path):
     ok("pull", busybox(reg))
     ok("pull", busybox(reg, "v2"))
     image = store().get(busybox(reg))
-    _make_overlay(_paths(), _paths().base_disk(image.id), tmp_path / "disk.qcow2")  # what a run makes
+    # what a run makes
+    _make_overlay(_paths(), _paths().base_disk(image.id), tmp_path / "disk.qcow2")
     assert _paths().base_overlay(_paths().base_disk(image.id)).exists()
     ok("tag", busybox(reg), "mine:1")
     ok("tag", image.short_id[:6], "other")
