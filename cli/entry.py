@@ -1,9 +1,8 @@
 """The `hv` console script: for `run`, libvirt starts opening before the CLI is imported.
 
 Importing typer and the engine takes ~80 ms; a `run` spends it with the second core idle.
-Opening the embedded libvirt driver then (in a forked child, see
-hv.runtime.connection.Libvirt.preopen, reached through the facade) takes that work off the
-path to the VM's start.
+Opening the embedded libvirt driver then (in a forked child, see hv.engine.early) takes
+that work off the path to the VM's start.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ def main() -> None:
         from cli.session import Session
 
         session = Session()
-        session.engine.preopen()
+        session.preopen()
     from cli.main import main as cli_main
 
     cli_main(session=session)

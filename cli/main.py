@@ -287,10 +287,9 @@ def exec_(
     from cli.streams import pump_exec, window
 
     engine = _engine()
-    exec_id = engine.exec_create(container, list(command), list(env or []),
-                                 list(env_file or []), workdir, user, tty=tty,
-                                 stdin=interactive)
-    stream = engine.exec_start(exec_id, size=window() if tty else None)
+    stream = engine.exec(container, list(command), list(env or []), list(env_file or []),
+                         workdir, user, tty=tty, stdin=interactive,
+                         size=window() if tty else None)
     try:
         if detach:
             stream.close_stdin()

@@ -16,6 +16,7 @@ class Session:
     command: str = ""
     _config: object = None
     _engine: object = None
+    _context: object = None  # made early for `run` (hv.engine.early)
 
     @property
     def config(self):
@@ -23,6 +24,7 @@ class Session:
             from hv.config import Config
 
             self._config = Config.from_environ(self.environ, host=self.host)
+            self._context = None
         return self._config
 
     @property
@@ -31,8 +33,14 @@ class Session:
         if self._engine is None:
             from hv.engine import Engine
 
-            self._engine = Engine(self.config)
+            self._engine = Engine(self.config, self._context)
         return self._engine
+
+    def preopen(self) -> None:
+        """Start opening libvirt now, before the facade and the CLI are imported."""
+        from hv.engine.early import preopened
+
+        self._context = preopened(self.config)
 
 
 def current() -> Session:

@@ -55,6 +55,21 @@ class Execs:
                     env_files: list[str] = (), workdir: str | None = None,
                     user: str | None = None, tty: bool = False, stdin: bool = False) -> str:
         """A new exec session's id (nothing runs until `exec_start`)."""
+        rec, c = self._new_exec(ref, argv, env, env_files, workdir, user, tty, stdin)
+        self._write_exec(rec)
+        self._exec_containers[rec.id] = c  # exec_start in this process needs no look-up
+        self._container_event(f"exec_create: {' '.join(rec.argv)}", c, execID=rec.id)
+        return rec.id
+
+    def exec(self, ref: str, argv: list[str], env: list[str] = (), env_files: list[str] = (),
+             workdir: str | None = None, user: str | None = None, tty: bool = False,
+             stdin: bool = False, size: tuple[int, int] | None = None) -> ExecStream:
+        """exec_create + exec_start at once (`hv exec`): one record written, not two."""
+        rec, c = self._new_exec(ref, argv, env, env_files, workdir, user, tty, stdin)
+        self._container_event(f"exec_create: {' '.join(rec.argv)}", c, execID=rec.id)
+        return self._start(rec, c, size)
+
+    def _new_exec(self, ref, argv, env, env_files, workdir, user, tty, stdin):
         from hv import guestops
         from hv.spec import parse_env_item, read_env_file
 
@@ -76,21 +91,22 @@ class Execs:
                              "an absolute path", hint="use -w /absolute/path")
         rec = ExecRecord(os.urandom(32).hex(), c.id, list(argv), extra, workdir, user, tty,
                          stdin)
-        self._write_exec(rec)
-        self._exec_containers[rec.id] = c  # exec_start in this process needs no look-up
-        self._container_event(f"exec_create: {' '.join(rec.argv)}", c, execID=rec.id)
-        return rec.id
+        return rec, c
 
     def exec_start(self, exec_id: str, size: tuple[int, int] | None = None) -> ExecStream:
         """Start the session; its stream (`size`: (cols, rows) of its TTY)."""
-        from hv import guestops
-        from hv.guest.attach import session_command
-
         rec = self._read_exec(exec_id)
         if rec.started:
             raise Conflict(f"exec {exec_id} has already been started",
                            hint="create another exec session")
         c = self._exec_containers.pop(exec_id, None) or self.container(rec.container_id)
+        return self._start(rec, c, size)
+
+    def _start(self, rec: ExecRecord, c, size: tuple[int, int] | None) -> ExecStream:
+        from hv import guestops
+        from hv.guest.attach import session_command
+
+        exec_id = rec.id
         if not c.active:
             raise guestops.not_running(self.ctx, c)
         agent = guestops.connect_agent(self.ctx, c)

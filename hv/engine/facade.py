@@ -22,9 +22,10 @@ from hv.engine.store import ContainerStore
 
 
 class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events):
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, context: Context | None = None) -> None:
+        """`context`: one made for this Config already (hv.engine.early)."""
         self.config = config
-        self.ctx = Context.of(config)
+        self.ctx = context or Context.of(config)
         self.paths = self.ctx.paths
         self.libvirt = self.ctx.libvirt
         self._infos: dict = {}  # container id -> its DomainInfo, from the last listing
