@@ -16,6 +16,10 @@ A bridge cannot opt out (the kernel ORs the global switch with the per-bridge on
 global switch belongs to whoever loaded the module, so hv leaves it alone and says so
 (`netfilter_warning`); docs/networks.md has the rule an administrator may add.
 
+Ownership: each link's alias (IFLA_IFALIAS) is `hv <state root>`, so `hv_links(owner)` and
+the sweep built on it see only their own state root's links: two hv roots (two users, a
+test suite next to a real one) never remove each other's.
+
 Every function opens its own netlink socket: no state kept between calls.
 """
 
@@ -44,6 +48,11 @@ IPV4_CONF = {"rp_filter": "1", "arp_ignore": "8", "forwarding": "0",
 
 class DatapathError(HvError):
     hint = "run hv as root (container networks need CAP_NET_ADMIN), and see --debug"
+
+
+def owner_tag(root: Path) -> str:
+    """The alias hv puts on the links of state root `root`."""
+    return f"hv {Path(root).resolve()}"
 
 
 def is_hv_link(name: str) -> bool:
@@ -107,7 +116,7 @@ def _fail(what: str, err: NetlinkError) -> DatapathError:
                          hint="see 'ip -d link' and run with --debug")
 
 
-def ensure_bridge(name: str) -> None:
+def ensure_bridge(name: str, owner: str) -> None:
     """The bridge `name`, made if missing, sealed and up. Idempotent (a host reboot loses
     the bridges; each container start makes its networks' again)."""
     _check_name(name)
@@ -121,13 +130,13 @@ def ensure_bridge(name: str) -> None:
                 index = _index(ipr, name)
             _seal(name)
             _flush_addresses(ipr, index)
-            ipr.link("set", index=index, flags=IFF_NOARP, change=IFF_NOARP)
+            ipr.link("set", index=index, flags=IFF_NOARP, change=IFF_NOARP, ifalias=owner)
             ipr.link("set", index=index, state="up")
     except NetlinkError as e:
         raise _fail(f"cannot make bridge {name}", e) from e
 
 
-def ensure_tap(name: str, bridge: str) -> None:
+def ensure_tap(name: str, bridge: str, owner: str) -> None:
     """A persistent tap `name` enslaved to `bridge`, sealed and up: libvirt opens it
     (`<interface type='ethernet'>`, `managed='no'`) and hands QEMU the fd. vnet_hdr on, as
     libvirt asks for it. Idempotent; a tap found on another bridge is moved."""
@@ -144,7 +153,7 @@ def ensure_tap(name: str, bridge: str) -> None:
                 index = _index(ipr, name)
             _seal(name)
             _flush_addresses(ipr, index)
-            ipr.link("set", index=index, master=master)
+            ipr.link("set", index=index, master=master, ifalias=owner)
             ipr.link("set", index=index, state="up")
     except NetlinkError as e:
         raise _fail(f"cannot make tap {name}", e) from e
@@ -169,13 +178,14 @@ def delete_links(names: Iterable[str]) -> list[str]:
     return gone
 
 
-def hv_links() -> dict[str, str]:
-    """hv's links on the host: name -> kind ("bridge", "tun", ...)."""
+def hv_links(owner: str | None = None) -> dict[str, str]:
+    """hv's links on the host (of one state root when `owner` is given, see `owner_tag`):
+    name -> kind ("bridge", "tun", ...)."""
     out = {}
     with IPRoute() as ipr:
         for msg in ipr.get_links():
             name = msg.get_attr("IFLA_IFNAME") or ""
-            if is_hv_link(name):
+            if is_hv_link(name) and (owner is None or msg.get_attr("IFLA_IFALIAS") == owner):
                 info = msg.get_attr("IFLA_LINKINFO")
                 out[name] = (info.get_attr("IFLA_INFO_KIND") if info else "") or ""
     return out

@@ -233,11 +233,12 @@ def prepare_taps(root: Path, container_id: str) -> list[EthernetInterface]:
         if not pairs:
             return []
         datapath.require_admin()
+        owner = datapath.owner_tag(root)
         made: list[str] = []
         try:
             for net, ep in pairs:
-                datapath.ensure_bridge(net.bridge)
-                datapath.ensure_tap(ep.tap, net.bridge)
+                datapath.ensure_bridge(net.bridge, owner)
+                datapath.ensure_tap(ep.tap, net.bridge, owner)
                 made.append(ep.tap)
         except BaseException:
             _delete_devices(made, [n.bridge for n, _ in pairs])
@@ -284,7 +285,7 @@ def sweep(root: Path, running: Collection[str] | None = None) -> list[str]:
         wanted_taps = {ep.tap for n in nets for cid, ep in n.endpoints.items()
                        if ep.tap and (running is None or cid in running)}
         wanted_bridges = {n.bridge for n in nets if n.bridge}
-        links = datapath.hv_links()
+        links = datapath.hv_links(datapath.owner_tag(root))
         stale_taps = [t for t, kind in links.items()
                       if kind != "bridge" and t not in wanted_taps]
         gone = datapath.delete_links(stale_taps)
