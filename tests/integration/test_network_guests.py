@@ -116,11 +116,20 @@ def _wait_exited(guests: list[Guest], timeout: float) -> None:
     raise AssertionError(f"guests did not finish within {timeout:.0f}s:\n{report}")
 
 
+def _wait_output(g: Guest, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in g.out():
+        if time.monotonic() > deadline or g.status.exit_code is not None:
+            raise AssertionError(f"{g.name}: no {text!r} in {g.out()[-1500:]!r}")
+        time.sleep(0.3)
+
+
 SERVER = r"""
 echo "routes: $(ip route | tr '\n' ';')"
 echo "hosts: $(tr '\n' ';' </etc/hosts)"
 msg=$(nc -l -p 5000)
 echo "got: $msg"
+sleep 120  # stays reachable for the outsider's attempts; the test destroys it
 """
 
 CLIENT = r"""
@@ -134,7 +143,7 @@ echo "routes: $(ip route | tr '\n' ';')"
 """
 
 OUTSIDER = r"""
-sleep 3
+echo "addr: $(ip -4 addr | grep -o 'inet [0-9./]*' | tr '\n' ';')"
 ping -c 3 -W 1 {peer_ip} >/dev/null 2>&1 && echo "reach-a: yes" || echo "reach-a: no"
 ping -c 2 -W 1 {peer2_ip} >/dev/null 2>&1 && echo "reach-b: yes" || echo "reach-b: no"
 grep -q web /etc/hosts && echo "name-a: yes" || echo "name-a: no"
@@ -163,14 +172,19 @@ def test_two_guests_talk_and_a_third_on_another_network_cannot(hv_root, guest_di
                    b: CLIENT.format(peer_ip=ea.ipv4, gateway=ops.get(root, "hvt-front").gateway),
                    c: OUTSIDER.format(peer_ip=ea.ipv4, peer2_ip=eb.ipv4)}
         for cid in (a, b, c):
+            if cid == c:  # the outsider tries only once web is known to answer on front
+                _wait_output(guests[1], "ping-ip: 1", BOOT_TIMEOUT)
             ifaces = ops.prepare_taps(root, cid)
             nics = [spoof] if cid == c else ops.guest_nics(root, cid)
             guests.append(_boot(names[cid], cid, tmp_path / names[cid], guest_dir, root_disk,
                                 scripts[cid], nics, ops.hosts_file(root, cid, names[cid]),
                                 ifaces))
         assert datapath.hv_addresses() == []  # guests up: still no host address anywhere
-        _wait_exited(guests, BOOT_TIMEOUT)
+        _wait_exited(guests[1:], BOOT_TIMEOUT)
+        _wait_output(guests[0], "got: ", 30)
         out = {g.cid: g.out() for g in guests}
+        for g in guests:
+            print(f"\n--- {g.name}\n{out[g.cid]}")
         assert "ping-ip: 1" in out[b], out[b]
         assert "ping-name: ok" in out[b], out[b]
         assert "gateway: silent" in out[b], out[b]
@@ -178,6 +192,7 @@ def test_two_guests_talk_and_a_third_on_another_network_cannot(hv_root, guest_di
         assert f"{eb.ipv4}\tclient {b[:12]}" in out[a]  # the peer's hosts line
         # outbound stays on the user-mode NIC: the only default route goes via 10.0.2.2
         assert "default via 10.0.2.2" in out[a] and "172.18.0.0/16 dev" in out[a], out[a]
+        assert f"inet {spoof.address}/{spoof.prefix};" in out[c], out[c]
         assert out[c].count(": no") == 3, out[c]
     finally:
         for g in guests:
