@@ -20,7 +20,11 @@ Ownership: each link's alias (IFLA_IFALIAS) is `hv <state root>`, so `hv_links(o
 the sweep built on it see only their own state root's links: two hv roots (two users, a
 test suite next to a real one) never remove each other's.
 
-Every function opens its own netlink socket: no state kept between calls.
+Every function opens its own netlink socket: no state kept between calls. pyroute2 is
+imported only by the functions that change links or read addresses and routes (importing it
+costs ~0.2-0.3 s here: its package imports every netlink family it has); the look-ups that
+every sweep and release make (`hv_links`, `bridge_ports`, whether a link exists) read sysfs,
+so a command with nothing to make or remove never pays for it.
 """
 
 from __future__ import annotations
@@ -31,15 +35,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from hv.errors import HvError
 from hv.network.model import BRIDGE_PREFIX, IFNAMSIZ, TAP_PREFIX
 
 IFF_NOARP = 0x80
 CAP_NET_ADMIN = 12
 PROC_SYS = Path("/proc/sys/net")
+SYS_NET = Path("/sys/class/net")
 
 # per-device sysctls written before a link comes up
 IPV4_CONF = {"rp_filter": "1", "arp_ignore": "8", "forwarding": "0",
@@ -96,12 +98,29 @@ def _check_name(name: str) -> None:
         raise ValueError(f"not an hv interface name: {name!r}")
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
+def _iproute():
+    """A fresh pyroute2 IPRoute (imported here, see the module's docstring)."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def _netlink_error() -> type[Exception]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError
+
+
+def exists(name: str) -> bool:
+    return (SYS_NET / name).exists()
+
+
+def _index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
 
 
-def _flush_addresses(ipr: IPRoute, index: int) -> None:
+def _flush_addresses(ipr, index: int) -> None:
     """Nobody should have put one there; if someone did, it goes (the segment is not the
     host's)."""
     for msg in ipr.get_addr(index=index):
@@ -109,7 +128,7 @@ def _flush_addresses(ipr: IPRoute, index: int) -> None:
                  prefixlen=msg["prefixlen"])
 
 
-def _fail(what: str, err: NetlinkError) -> DatapathError:
+def _fail(what: str, err) -> DatapathError:
     if err.code in (errno.EPERM, errno.EACCES):
         return DatapathError(f"{what}: permission denied (CAP_NET_ADMIN needed)")
     return DatapathError(f"{what}: {os.strerror(err.code)}",
@@ -120,8 +139,9 @@ def ensure_bridge(name: str, owner: str) -> None:
     """The bridge `name`, made if missing, sealed and up. Idempotent (a host reboot loses
     the bridges; each container start makes its networks' again)."""
     _check_name(name)
+    netlink_error = _netlink_error()
     try:
-        with IPRoute() as ipr:
+        with _iproute() as ipr:
             index = _index(ipr, name)
             if index is None:
                 ipr.link("add", ifname=name, kind="bridge", br_stp_state=0,
@@ -132,7 +152,7 @@ def ensure_bridge(name: str, owner: str) -> None:
             _flush_addresses(ipr, index)
             ipr.link("set", index=index, flags=IFF_NOARP, change=IFF_NOARP, ifalias=owner)
             ipr.link("set", index=index, state="up")
-    except NetlinkError as e:
+    except netlink_error as e:
         raise _fail(f"cannot make bridge {name}", e) from e
 
 
@@ -141,8 +161,9 @@ def ensure_tap(name: str, bridge: str, owner: str) -> None:
     (`<interface type='ethernet'>`, `managed='no'`) and hands QEMU the fd. vnet_hdr on, as
     libvirt asks for it. Idempotent; a tap found on another bridge is moved."""
     _check_name(name)
+    netlink_error = _netlink_error()
     try:
-        with IPRoute() as ipr:
+        with _iproute() as ipr:
             master = _index(ipr, bridge)
             if master is None:
                 raise DatapathError(f"bridge {bridge} does not exist")
@@ -155,24 +176,30 @@ def ensure_tap(name: str, bridge: str, owner: str) -> None:
             _flush_addresses(ipr, index)
             ipr.link("set", index=index, master=master, ifalias=owner)
             ipr.link("set", index=index, state="up")
-    except NetlinkError as e:
+    except netlink_error as e:
         raise _fail(f"cannot make tap {name}", e) from e
 
 
 def delete_links(names: Iterable[str]) -> list[str]:
     """Delete hv links by name (taps before bridges is the caller's order); missing ones
     are fine. Returns the names actually deleted."""
+    names = list(names)
+    for name in names:
+        _check_name(name)
+    names = [n for n in names if exists(n)]
+    if not names:
+        return []  # the common case (a stopped container's taps): no netlink at all
+    netlink_error = _netlink_error()
     gone = []
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         for name in names:
-            _check_name(name)
             index = _index(ipr, name)
             if index is None:
                 continue
             try:
                 ipr.link("del", index=index)
                 gone.append(name)
-            except NetlinkError as e:
+            except netlink_error as e:
                 if e.code != errno.ENODEV:
                     raise _fail(f"cannot remove {name}", e) from e
     return gone
@@ -180,30 +207,38 @@ def delete_links(names: Iterable[str]) -> list[str]:
 
 def hv_links(owner: str | None = None) -> dict[str, str]:
     """hv's links on the host (of one state root when `owner` is given, see `owner_tag`):
-    name -> kind ("bridge", "tun", ...)."""
+    name -> kind ("bridge", "tun", ""). From sysfs: no netlink needed to look."""
     out = {}
-    with IPRoute() as ipr:
-        for msg in ipr.get_links():
-            name = msg.get_attr("IFLA_IFNAME") or ""
-            if is_hv_link(name) and (owner is None or msg.get_attr("IFLA_IFALIAS") == owner):
-                info = msg.get_attr("IFLA_LINKINFO")
-                out[name] = (info.get_attr("IFLA_INFO_KIND") if info else "") or ""
+    try:
+        names = os.listdir(SYS_NET)
+    except OSError:
+        return {}
+    for name in names:
+        if not is_hv_link(name):
+            continue
+        d = SYS_NET / name
+        try:
+            alias = (d / "ifalias").read_text().rstrip("\n")
+        except OSError:
+            continue  # gone meanwhile
+        if owner is not None and alias != owner:
+            continue
+        out[name] = "bridge" if (d / "bridge").is_dir() else (
+            "tun" if (d / "tun_flags").exists() else "")
     return out
 
 
 def bridge_ports(bridge: str) -> list[str]:
-    with IPRoute() as ipr:
-        index = _index(ipr, bridge)
-        if index is None:
-            return []
-        return sorted(m.get_attr("IFLA_IFNAME") for m in ipr.get_links()
-                      if m.get_attr("IFLA_MASTER") == index)
+    try:
+        return sorted(os.listdir(SYS_NET / bridge / "brif"))
+    except OSError:
+        return []
 
 
 def hv_addresses() -> list[tuple[str, str]]:
     """Every address (IPv4 and IPv6, link-local included) on an hv link: must be empty."""
     out = []
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         for msg in ipr.get_addr():
             name = names.get(msg["index"], "")
@@ -216,7 +251,7 @@ def host_subnets() -> list[ipaddress.IPv4Network]:
     """The host's IPv4 networks, from its addresses and its routes (all tables), which a
     new hv network must not overlap. Default routes are left out (they are not networks)."""
     out: set[ipaddress.IPv4Network] = set()
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         for msg in ipr.get_addr(family=2):
             addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
             if addr:
