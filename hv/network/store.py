@@ -22,20 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hv.errors import Conflict, NotFound, UsageError
+from hv.errors import Conflict, NetworkNotFound, UsageError
 from hv.network.ipam import DEFAULT_BRIDGE_GATEWAY, DEFAULT_BRIDGE_SUBNET
 from hv.network.model import BRIDGE, HOST, NONE, SCHEMA_VERSION, Network, bridge_name
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ID_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class NetworkNotFound(NotFound):
-    """Docker: `network NAME not found`, exit 1 from the `network` verbs (`run`/`create`
-    report it with 125: the engine passes exit_code=125 there)."""
-
-    exit_code = 1
-    hint = "list networks with 'hv network ls'"
 
 
 class HostNetworkRefused(UsageError):
