@@ -206,3 +206,62 @@ def test_two_guests_talk_and_a_third_on_another_network_cannot(hv_root, guest_di
             ops.remove(root, n)
     assert datapath.hv_links(datapath.owner_tag(root)) == {}
     assert datapath.hv_addresses() == []
+
+
+IDLE = r"""
+echo "addr: $(ip -4 addr | grep -o 'inet [0-9./]*' | tr '\n' ';')"
+sleep 120  # the test destroys it
+"""
+
+TWO_NETS = r"""
+echo "addr: $(ip -4 addr | grep -o 'inet [0-9./]*' | tr '\n' ';')"
+ok=
+for i in $(seq 60); do ping -c 1 -W 1 yalias >/dev/null 2>&1 && ok=1 && break; done
+echo "left-by-alias: ${{ok:-fail}}"
+ok=
+for i in $(seq 60); do ping -c 1 -W 1 {z_ip} >/dev/null 2>&1 && ok=1 && break; done
+echo "bridge-by-ip: ${{ok:-fail}}"
+grep -q zed /etc/hosts && echo "bridge-names: yes" || echo "bridge-names: none"
+"""
+
+
+def test_a_container_on_two_networks_and_the_default_bridge(hv_root, guest_dir, root_disk,
+                                                            tmp_path):
+    """X is on a user network and the default `bridge` (two hv NICs, found by MAC): it
+    reaches Y by alias on the first and Z by IP on `bridge`, where there are no names."""
+    from hv.runtime import domains
+
+    root = Path(hv_root)
+    x, y, z = (secrets.token_hex(32) for _ in range(3))
+    names = {x: "hvnet-x", y: "hvnet-y", z: "zed"}
+    ops.create(root, "hvt-left")
+    guests: list[Guest] = []
+    try:
+        ex_left = ops.connect(root, "hvt-left", x, "hvnet-x")
+        ex_bridge = ops.connect(root, "bridge", x, "hvnet-x")
+        ops.connect(root, "hvt-left", y, "hvnet-y", aliases=["yalias"])
+        ez = ops.connect(root, "bridge", z, "zed")
+        assert ex_bridge.ipv4.startswith("172.17.") and ex_bridge.tap.endswith("-1")
+        scripts = {x: TWO_NETS.format(z_ip=ez.ipv4), y: IDLE, z: IDLE}
+        for cid in (y, z, x):
+            ifaces = ops.prepare_taps(root, cid)
+            guests.append(_boot(names[cid], cid, tmp_path / names[cid], guest_dir, root_disk,
+                                scripts[cid], ops.guest_nics(root, cid),
+                                ops.hosts_file(root, cid, names[cid]), ifaces))
+        _wait_exited(guests[2:], BOOT_TIMEOUT)
+        out = guests[2].out()
+        print(f"\n--- {guests[2].name}\n{out}")
+        assert f"inet {ex_left.ipv4_cidr};" in out and f"inet {ex_bridge.ipv4_cidr};" in out
+        assert "left-by-alias: 1" in out, out
+        assert "bridge-by-ip: 1" in out, out
+        assert "bridge-names: none" in out, out
+    finally:
+        for g in guests:
+            try:
+                domains.destroy(g.name)
+            except Exception:  # already gone (powered off)
+                pass
+        for cid in (x, y, z):
+            ops.release(root, cid)
+        ops.remove(root, "hvt-left")
+    assert datapath.hv_links(datapath.owner_tag(root)) == {}
