@@ -49,6 +49,7 @@ class Endpoint:
     prefix: int = 0
     aliases: list[str] = field(default_factory=list)
     tap: str = ""  # "" on `none`: no NIC
+    requested_ip: str = ""  # --ip, as given (Docker shows it as IPAMConfig)
 
     @property
     def ipv4_cidr(self) -> str:
@@ -67,14 +68,37 @@ class Endpoint:
         return {"container_id": self.container_id, "container_name": self.container_name,
                 "network_id": self.network_id, "endpoint_id": self.endpoint_id,
                 "mac": self.mac, "ipv4": self.ipv4, "prefix": self.prefix,
-                "aliases": list(self.aliases), "tap": self.tap}
+                "aliases": list(self.aliases), "tap": self.tap,
+                "requested_ip": self.requested_ip}
 
     @classmethod
     def from_dict(cls, d: dict) -> Endpoint:
         return cls(container_id=d["container_id"], container_name=d.get("container_name", ""),
                    network_id=d["network_id"], endpoint_id=d.get("endpoint_id", ""),
                    mac=d.get("mac", ""), ipv4=d.get("ipv4", ""), prefix=int(d.get("prefix", 0)),
-                   aliases=list(d.get("aliases", [])), tap=d.get("tap", ""))
+                   aliases=list(d.get("aliases", [])), tap=d.get("tap", ""),
+                   requested_ip=d.get("requested_ip", ""))
+
+    def to_container_inspect(self, net: Network) -> dict:
+        """`docker inspect CONTAINER`'s NetworkSettings.Networks[net.name] (moby's
+        EndpointSettings). DNSNames only on user-defined networks, as Docker."""
+        return {
+            "IPAMConfig": {"IPv4Address": self.requested_ip} if self.requested_ip else None,
+            "Links": None,
+            "Aliases": list(self.aliases) or None,
+            "MacAddress": self.mac,
+            "DriverOpts": None,
+            "GwPriority": 0,
+            "NetworkID": net.id,
+            "EndpointID": self.endpoint_id,
+            "Gateway": net.gateway if self.ipv4 else "",
+            "IPAddress": self.ipv4,
+            "IPPrefixLen": self.prefix,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DNSNames": self.names() if net.user_defined else None,
+        }
 
 
 @dataclass

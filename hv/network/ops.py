@@ -154,7 +154,7 @@ def connect(root: Path, ref: str, container_id: str, container_name: str,
                              hint="create the network with --subnet to choose addresses")
         ep = Endpoint(container_id=container_id, container_name=container_name,
                       network_id=net.id, endpoint_id=secrets.token_hex(32),
-                      aliases=aliases)
+                      aliases=aliases, requested_ip=ip or "")
         if net.driver == "bridge":
             subnet = ipaddress.IPv4Network(net.subnet)
             addr = ipam.allocate(subnet, ipaddress.IPv4Address(net.gateway),

@@ -218,7 +218,16 @@ def test_dockers_rules_for_ip_alias_none(tmp_path):
         ops.connect(tmp_path, "bridge", CID_A, "web", ip="172.17.0.9")
     with pytest.raises(UsageError, match="networks with user configured subnets"):
         ops.connect(tmp_path, "auto", CID_A, "web", ip="172.18.0.9")
-    assert ops.connect(tmp_path, "fixed", CID_A, "web", ip="10.80.0.9").ipv4 == "10.80.0.9"
+    fixed = ops.connect(tmp_path, "fixed", CID_A, "web", ip="10.80.0.9")
+    assert fixed.ipv4 == "10.80.0.9"
+    doc = fixed.to_container_inspect(ops.get(tmp_path, "fixed"))
+    assert doc["IPAMConfig"] == {"IPv4Address": "10.80.0.9"} and doc["IPPrefixLen"] == 24
+    assert doc["Gateway"] == "10.80.0.1" and doc["DNSNames"] == ["web", CID_A[:12]]
+    on_bridge = ops.connect(tmp_path, "bridge", CID_B, "db")
+    doc = on_bridge.to_container_inspect(ops.get(tmp_path, "bridge"))
+    assert doc["DNSNames"] is None and doc["IPAMConfig"] is None  # no names on `bridge`
+    assert doc["IPAddress"] == "172.17.0.2" and doc["MacAddress"] == "02:42:ac:11:00:02"
+    ops.release(tmp_path, CID_B)
     with pytest.raises(Conflict, match="Address already in use"):
         ops.connect(tmp_path, "fixed", CID_B, "db", ip="10.80.0.9")
     with pytest.raises(UsageError, match="does not belong"):
