@@ -310,3 +310,15 @@ def test_model_round_trip():
     net = Network(id="1" * 64, name="app", subnet="172.18.0.0/16", gateway="172.18.0.1",
                   endpoints={CID_A: ep})
     assert Network.from_dict(json.loads(json.dumps(net.to_dict()))) == net
+
+
+def test_without_cap_net_admin_a_start_is_refused_clearly(tmp_path, monkeypatch):
+    from hv.network import datapath
+
+    monkeypatch.setattr(datapath, "can_admin", lambda: False)
+    make(tmp_path, "app")
+    ops.connect(tmp_path, "app", CID_A, "web")  # records need no privilege
+    with pytest.raises(datapath.DatapathError, match="need CAP_NET_ADMIN") as e:
+        ops.prepare_taps(tmp_path, CID_A)
+    assert "root" in e.value.hint
+    assert ops.sweep(tmp_path) == [] and ops.release(tmp_path, CID_A)[0].ipv4 == "172.18.0.2"
