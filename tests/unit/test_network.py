@@ -322,3 +322,20 @@ def test_without_cap_net_admin_a_start_is_refused_clearly(tmp_path, monkeypatch)
         ops.prepare_taps(tmp_path, CID_A)
     assert "root" in e.value.hint
     assert ops.sweep(tmp_path) == [] and ops.release(tmp_path, CID_A)[0].ipv4 == "172.18.0.2"
+
+
+def _connect_one(args):
+    root, i = args
+    return ops.connect(root, "app", f"{i:02x}" * 32, f"c{i}").ipv4
+
+
+def test_concurrent_connects_get_distinct_addresses(tmp_path):
+    """The store's flock serializes writers across processes: no address given twice, no
+    endpoint lost to a lost update."""
+    import multiprocessing
+
+    make(tmp_path, "app")
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        ips = pool.map(_connect_one, [(tmp_path, i) for i in range(12)])
+    assert len(set(ips)) == 12
+    assert len(ops.get(tmp_path, "app").endpoints) == 12
