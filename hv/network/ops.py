@@ -21,7 +21,7 @@ from pathlib import Path
 from hv.errors import Conflict, UsageError
 from hv.guest.seed import GuestNic
 from hv.network import datapath, hosts, ipam, store
-from hv.network.model import BRIDGE, NONE, Endpoint, Network, bridge_name, tap_name
+from hv.network.model import NONE, Endpoint, Network, bridge_name, tap_name
 from hv.runtime.domain import EthernetInterface
 
 HostSubnets = Callable[[], Iterable[ipaddress.IPv4Network]]
@@ -331,10 +331,6 @@ def outbound_allowed(root: Path, container_id: str) -> bool:
     if not nets:
         return True
     return any(not n.internal and n.name != NONE for n in nets)
-
-
-def default_network() -> str:
-    return BRIDGE
 
 
 __all__ = ["bridge_name", "connect", "create", "disconnect", "endpoints_of", "get",
