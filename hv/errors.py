@@ -49,6 +49,14 @@ class ContainerNotFound(NotFound):
     hint = "list containers with 'hv ps -a'"
 
 
+class NetworkNotFound(NotFound):
+    """Docker: `network NAME not found`, exit 1 from the `network` verbs (`run`/`create`
+    report it with 125: pass exit_code=125 there)."""
+
+    exit_code = 1
+    hint = "list networks with 'hv network ls'"
+
+
 class Conflict(HvError):
     """A name in use, an image used by a container, a running container to remove."""
 
