@@ -55,7 +55,7 @@ venv: apt $(VENV)/.installed
 # Built once into the cache, then linked where `hv` looks by default (HV_ROOT/guest).
 guest: apt venv
 	guest-images/build.sh $(GUEST)
-	guest-images/build.sh "$$($(PY) -c 'from hv import paths; print(paths.guest_dir())')"
+	guest-images/build.sh "$$($(PY) -c "from hv.config import Config; print(Config.from_environ().guest_dir)")"
 
 images: apt
 	guest-images/images/busybox.sh $(IMAGES)
@@ -67,7 +67,7 @@ demo: setup
 	@$(HV) run --rm busybox sh -c 'echo hello from a VM; uname -sr; grep -m1 "model name" /proc/cpuinfo'
 	@echo "\$$ hv run --rm busybox sh -c 'exit 3'"
 	@$(HV) run --rm busybox sh -c 'exit 3'; echo "exit code: $$?"
-	@g=$$($(PY) -c 'from hv import paths; print(paths.guest_dir())'); \
+	@g=$$($(PY) -c "from hv.config import Config; print(Config.from_environ().guest_dir)"); \
 	if [ "$$(cat $$g/kernel)" = hv ]; then \
 	  echo "demo: the guest ran hv's own kernel $$(cat $$g/release)"; \
 	else \

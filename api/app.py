@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from api import containers, events, images, system
+from api import containers, images, system
 from api.http import HttpError, Request, Response, error_response
 from hv.errors import HvError, NotModified
 
@@ -93,7 +93,7 @@ class Reaper:
     def _run(self, container) -> None:
         code = None
         try:
-            code = self.engine.wait(container.id)
+            code = self.engine.wait(container.id).status_code
         except HvError:
             pass
         finally:
@@ -125,7 +125,6 @@ class Service:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.live = Live()
-        self.bus = events.Bus()  # image and volume events (containers are watched)
         # one create at a time: Engine.create checks the name and picks a random one with
         # no lock, and makes an image's overlay template under a per-process temporary name
         # (two threads collided on it); a create is ~1 s and libvirt's root serializes the
@@ -204,8 +203,9 @@ class Service:
         return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
 
-def build() -> Service:
-    """The service over a new engine: the one place the API makes an Engine."""
+def build(config) -> Service:
+    """The service over a new engine for `config` (hv.config.Config, built by the CLI from
+    its flags and environment): the one place the API makes an Engine."""
     from hv.engine import Engine
 
-    return Service(Engine())
+    return Service(Engine(config))

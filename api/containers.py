@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import re
@@ -20,8 +21,8 @@ import time
 from collections.abc import Iterator
 
 from api import streams, translate
+from api.archive_stream import read as archive_chunks
 from api.http import HttpError, Request, Response, json_response
-from hv import archives, exec_sessions, labels
 from hv.errors import CommandNotFound, Conflict, HvError, ImageNotFound, NotFound, NotModified
 from hv.timefmt import rfc3339
 
@@ -47,7 +48,7 @@ def routes(svc) -> list:
         with svc.creating:  # engine.create is not thread-safe (see Service.creating)
             created = engine.create(opts)
         c = created.container
-        labels.set_labels(engine, c.id, wanted_labels)
+        engine.set_labels(c.id, wanted_labels)
         svc.fresh.add(c.id)
         if not opts.detach:
             svc.await_attach.add(c.id)
@@ -57,7 +58,7 @@ def routes(svc) -> list:
 
     def list_(req: Request) -> Response:
         cs = engine.containers(all=True)
-        found = {c.id: labels.labels(engine, c.id) for c in cs}
+        found = {c.id: engine.labels(c.id) for c in cs}
         cs = _select(cs, req.flag("all"), req.filters(), req.integer("limit", -1) or -1, found)
         out = []
         for c in cs:
@@ -67,7 +68,7 @@ def routes(svc) -> list:
 
     def inspect(req: Request, ref: str) -> Response:
         c = engine.container(ref)
-        return json_response(translate.inspect(c, labels.labels(engine, c.id)))
+        return json_response(translate.inspect(c, engine.labels(c.id)))
 
     def remove(req: Request, ref: str) -> Response:
         c = _settled(engine, svc, ref)
@@ -143,7 +144,7 @@ def routes(svc) -> list:
         h, w = req.integer("h", 0) or 0, req.integer("w", 0) or 0
         for s in svc.live.get(c.id):
             with contextlib.suppress(HvError, OSError):
-                s.resize(h, w)
+                s.resize(w, h)
         return Response(200, b"", "text/plain; charset=utf-8")
 
     # --- output ------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def routes(svc) -> list:
                 # connected after the 101, as the exec's command starts: nothing the process
                 # prints may come with the answer's headers (a client's buffer keeps it)
                 try:
-                    _c, stream = exec_sessions.attach(engine, c.id)
+                    stream = engine.attach(c.id)
                 except HvError as e:
                     with contextlib.suppress(OSError):
                         msg = (e.message + "\n").encode()
@@ -232,24 +233,25 @@ def routes(svc) -> list:
         path = req.arg("path")
         if not path:
             raise HttpError(400, "path is required")
-        st = archives.stat(engine, ref, path)
+        st = engine.archive_stat(ref, path).to_docker()
         header = [("X-Docker-Container-Path-Stat",
                    base64.b64encode(json.dumps(st).encode()).decode())]
         if req.method == "HEAD":
             return Response(200, b"", "application/x-tar", header)
         c = engine.container(ref)
         return Response(200, content_type="application/x-tar", headers=header,
-                        stream=archives.read(engine, c.id, path, svc.copying(c.id)))
+                        stream=archive_chunks(engine, c.id, path, svc.copying(c.id)))
 
     def archive_put(req: Request, ref: str) -> Response:
         path = req.arg("path")
         if not path:
             raise HttpError(400, "path is required")
-        st = archives.stat(engine, ref, path)
+        st = engine.archive_stat(ref, path).to_docker()
         if not st["mode"] & (1 << 31) and not st["linkTarget"]:
             raise HttpError(400, f"extraction point is not a directory: {path}")
         svc.settle(engine.container(ref).id)
-        archives.write(engine, ref, path, req.body)
+        engine.archive_put(ref, path, io.BytesIO(req.body),
+                           copy_uid_gid=req.flag("copyUIDGID"))
         return Response(200, b"", "text/plain; charset=utf-8")
 
     def top(req: Request, ref: str) -> Response:
@@ -282,7 +284,7 @@ def routes(svc) -> list:
         filters = req.filters()
         removed, space = [], 0
         for c in engine.containers(all=True):
-            if c.active or not all(_label_ok(labels.labels(engine, c.id), f)
+            if c.active or not all(_label_ok(engine.labels(c.id), f)
                                    for f in filters.get("label", [])):
                 continue
             try:
@@ -296,7 +298,16 @@ def routes(svc) -> list:
     # --- exec --------------------------------------------------------------------------
 
     def exec_create(req: Request, ref: str) -> Response:
-        exec_id = exec_sessions.create(engine, ref, req.json_object())
+        body = req.json_object()
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd or not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
+            raise HttpError(400, "No exec command specified")
+        env = [e for e in body.get("Env") or [] if isinstance(e, str) and "=" in e]
+        exec_id = engine.exec_create(ref, cmd, env, [], body.get("WorkingDir") or None,
+                                     body.get("User") or None, tty=bool(body.get("Tty")),
+                                     stdin=bool(body.get("AttachStdin")))
         return json_response({"Id": exec_id}, 201)
 
     def exec_start(req: Request, exec_id: str) -> Response:
@@ -304,53 +315,52 @@ def routes(svc) -> list:
         size = body.get("ConsoleSize")
         rows_cols = (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 \
             and all(isinstance(n, int) and n > 0 for n in size) else None
-        tty = body.get("Tty")
-        use_tty = bool(tty) if tty is not None else None
+        size = (rows_cols[1], rows_cols[0]) if rows_cols else None  # the facade's (cols, rows)
+        info = engine.exec_startable(exec_id)
         if body.get("Detach"):
-            stream = exec_sessions.start(engine, exec_id, use_tty, rows_cols)
+            stream = engine.exec_start(exec_id, size)
+            if not info["OpenStdin"]:
+                stream.close_stdin()
 
             def background() -> None:
                 try:
-                    code = streams.drain(stream)
+                    streams.drain(stream)
                 finally:
-                    stream.close()
-                exec_sessions.finish(engine, exec_id, code)
+                    stream.close()  # the session's record says how it ended
             threading.Thread(target=background, daemon=True, name="hv-api-exec").start()
             return Response(200, b"", "application/json")
-        info = exec_sessions.check_startable(engine, exec_id)
-        tty_on = info["ProcessConfig"]["tty"] if use_tty is None else use_tty
+        tty_on = info["ProcessConfig"]["tty"]
 
         def relay(sock, leftover: bytes) -> None:
             # the command starts once the client has the 101: output that came with the
             # answer's headers would be lost in a client's header buffer (docker-py's)
             try:
-                stream = exec_sessions.start(engine, exec_id, use_tty, rows_cols)
-            except HvError as e:
+                stream = engine.exec_start(exec_id, size)
+            except HvError as e:  # the session's record has its exit code (126, 127)
                 with contextlib.suppress(OSError):
                     msg = (e.message + "\n").encode()
                     sock.sendall(msg if tty_on else streams.frame(2, msg))
-                exec_sessions.finish(engine, exec_id, e.exit_code)
                 return
+            if not info["OpenStdin"]:
+                stream.close_stdin()
             svc.live.add(exec_id, stream)
-            code = None
             try:
-                code = streams.pump(sock, stream, not stream.tty, info["OpenStdin"], leftover)
+                streams.pump(sock, stream, not stream.tty, info["OpenStdin"], leftover)
             finally:
                 svc.live.remove(exec_id, stream)
-                stream.close()
-                exec_sessions.finish(engine, exec_id, code)  # before the connection closes
+                stream.close()  # recorded before the connection closes
         return Response(content_type=streams.content_type(tty_on, req.version), hijack=relay)
 
     def exec_resize(req: Request, exec_id: str) -> Response:
-        exec_sessions.inspect(engine, exec_id)  # 404 for an unknown id
+        engine.exec_inspect(exec_id)  # 404 for an unknown id
         h, w = req.integer("h", 0) or 0, req.integer("w", 0) or 0
         for s in svc.live.get(exec_id):
             with contextlib.suppress(HvError, OSError):
-                s.resize(h, w)
+                s.resize(w, h)
         return Response(200, b"", "text/plain; charset=utf-8")
 
     def exec_inspect(req: Request, exec_id: str) -> Response:
-        return json_response(exec_sessions.inspect(engine, exec_id))
+        return json_response(engine.exec_inspect(exec_id))
 
     EXEC = r"(?P<exec_id>[^/]+)"
     return [
@@ -406,7 +416,7 @@ def _release(engine, cid: str) -> None:
     """Let a main process that waits for an attach go: a short attach (the guest starts it
     200 ms after a client connected)."""
     try:
-        _c, stream = exec_sessions.attach(engine, cid)
+        stream = engine.attach(cid)
     except HvError:
         return
     try:

@@ -121,8 +121,7 @@ def routes(svc) -> list:
 
         def work() -> None:
             try:
-                engine.images.pull(src, events.put)
-                svc.bus.publish("image", "pull", src, {"name": src})
+                engine.pull_image(src, events.put)
             except HvError as e:
                 events.put(e)
             except Exception as e:  # noqa: BLE001 - the stream must say it
@@ -145,9 +144,6 @@ def routes(svc) -> list:
 
     def image_remove(req: Request, name: str) -> Response:
         done = engine.remove_image(name, force=req.flag("force"))
-        for kind, value in done:
-            svc.bus.publish("image", "untag" if kind == "Untagged" else "delete", value,
-                            {"name": value})
         return json_response([{kind: value} for kind, value in done])
 
     def image_tag(req: Request, name: str) -> Response:
@@ -155,8 +151,7 @@ def routes(svc) -> list:
         if not repo:
             raise HttpError(400, "repo is required")
         tag = req.arg("tag") or "latest"
-        engine.images.tag(name, f"{repo}:{tag}")
-        svc.bus.publish("image", "tag", f"{repo}:{tag}", {"name": f"{repo}:{tag}"})
+        engine.tag_image(name, f"{repo}:{tag}")
         return Response(201)
 
     def images_prune(req: Request) -> Response:
@@ -222,7 +217,6 @@ def routes(svc) -> list:
         if not isinstance(labels, dict) or not isinstance(name, str | None):
             raise HttpError(400, "Name must be a string and Labels an object")
         v = engine.volume_create(name, {str(k): str(v) for k, v in labels.items()})
-        svc.bus.publish("volume", "create", v.name, {"driver": "local"})
         return json_response(v.inspect(), 201)
 
     def volume_get(req: Request, name: str) -> Response:
@@ -231,7 +225,6 @@ def routes(svc) -> list:
     def volume_remove(req: Request, name: str) -> Response:
         engine.containers(all=True)
         engine.volume_remove(name, force=req.flag("force"))
-        svc.bus.publish("volume", "destroy", name, {"driver": "local"})
         return Response(204)
 
     def volume_prune(req: Request) -> Response:
@@ -239,8 +232,6 @@ def routes(svc) -> list:
         everything = any(v.lower() in ("true", "1") for v in filters.get("all", []))
         engine.containers(all=True)
         names, space = engine.volume_prune(all=everything)
-        for n in names:
-            svc.bus.publish("volume", "destroy", n, {"driver": "local"})
         return json_response({"VolumesDeleted": names or None, "SpaceReclaimed": space})
 
     NAME = r"(?P<name>.+)"

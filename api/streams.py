@@ -20,7 +20,7 @@ RAW = "application/vnd.docker.raw-stream"
 
 
 class ByteStream(Protocol):
-    """What hv.exec_sessions hands out for exec and attach."""
+    """What the facade hands out for exec and attach (hv.engine.streams)."""
 
     exit_code: int | None
 

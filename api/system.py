@@ -13,8 +13,7 @@ import time
 from api import events
 from api.http import HttpError, Request, Response, json_response
 from api.translate import BRIDGE_NETWORK
-from hv import __version__, labels
-from hv.host_info import facts
+from hv import __version__
 
 PING_HEADERS = [("Builder-Version", "1"),  # API-Version: on every answer (api.http)
                 ("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")]
@@ -25,7 +24,7 @@ def routes(svc) -> list:
         return Response(200, b"OK", "text/plain; charset=utf-8", list(PING_HEADERS))
 
     def version(req: Request) -> Response:
-        f = facts(svc.engine)
+        f = svc.engine.host_facts()
         details = {"Accelerator": f.accelerator, "GuestKernel": f.guest_kernel}
         return json_response({
             "Platform": {"Name": "hv (Docker Engine API, containers are VMs)"},
@@ -46,7 +45,7 @@ def routes(svc) -> list:
 
     def info(req: Request) -> Response:
         engine = svc.engine
-        f = facts(engine)
+        f = engine.host_facts()
         cs = engine.containers(all=True)
         states = [c.state().status for c in cs]
         accel = "KVM" if f.accelerator == "kvm" else "TCG"
@@ -89,8 +88,7 @@ def routes(svc) -> list:
 
     def event_stream(req: Request) -> Response:
         since, until = _seconds(req.arg("since")), _seconds(req.arg("until"))
-        body = events.stream(svc.engine, svc.bus, lambda cid: labels.labels(svc.engine, cid),
-                             req.filters(), since, until, req.client_gone)
+        body = events.stream(svc.engine, req.filters(), since, until, req.client_gone)
         return Response(200, content_type="application/json", stream=body)
 
     def networks(req: Request) -> Response:

@@ -96,10 +96,10 @@ def rss_mb(pid: int) -> float:
 
 class Bench:
     def __init__(self) -> None:
-        from hv import paths
+        from hv.config import Config
 
         self.images = Path(os.environ.get("HV_TEST_IMAGES",
-                                          paths.cache_root() / "images" / "out"))
+                                          Config.from_environ().cache / "images" / "out"))
         self.work = Path(tempfile.mkdtemp(prefix="hvb-", dir="/tmp"))
         self.env = dict(os.environ, HV_ROOT=str(self.work / "root"), PYTHONPATH=str(REPO))
         os.environ["HV_ROOT"] = self.env["HV_ROOT"]
@@ -113,11 +113,13 @@ class Bench:
 
     def boot(self) -> None:
         from bench.rawboot import build_guest, guest_boot, raw_boot_seconds, raw_boot_times
-        from hv import paths
-        from hv.images.store import ImageStore
+        from hv.config import Config
+        from hv.engine import Engine
 
         self.run_hv("load", "-i", str(self.images / "busybox.oci.tar"))
-        disk = paths.base_disk(ImageStore(paths.images_root()).get("busybox").id)
+        config = Config.from_environ()
+        paths = config.paths
+        disk = paths.base_disk(Engine(config).images.get("busybox").id)
         g = paths.guest_dir()
         info = guest_boot(g)
         cmdline = paths.guest_cmdline().read_text().strip()
@@ -173,8 +175,10 @@ class Bench:
 
     def seam(self) -> None:
         """exec latency and cp throughput, each against its baseline."""
-        from hv import paths
+        from hv.config import Config
         from hv.guest.attach import exec_command
+
+        paths = Config.from_environ().paths
 
         self.run_hv("run", "-d", "--name", "hvb-seam", "busybox", "sleep", "3600")
         self.results["hv exec c true"] = series(
@@ -217,7 +221,9 @@ class Bench:
         self.run_hv("rm", "-f", "hvb-seam")
 
     def memory(self) -> None:
-        from hv import paths
+        from hv.config import Config
+
+        paths = Config.from_environ().paths
 
         names = [f"hvb-idle-{i}" for i in range(IDLE)]
         started = 0
@@ -282,7 +288,9 @@ def main() -> int:
     sections = (os.environ.get("HV_BENCH_ONLY") or "boot,seam,memory").split(",")
     b = Bench()
     try:
-        accel = detect()
+        from hv.config import Config
+
+        accel = detect(Config.from_environ().paths)
         if "boot" in sections:
             b.boot()
         elif "seam" in sections or "memory" in sections:

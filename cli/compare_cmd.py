@@ -27,6 +27,7 @@ def compare(
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="skip the untimed warm-up run of each column")] = False,
 ) -> None:
     """Run one workload as a process, a namespace container and an hv VM; compare them."""
+    from cli.session import engine
     from hv.compare.runner import Options, parse_only
     from hv.compare.runner import compare as run_compare
     from hv.errors import UsageError
@@ -42,7 +43,7 @@ def compare(
                    only=parse_only(only), runtime=runtime, memory=memory, warmup=not no_warmup)
     _sigterm_as_interrupt()
     with _progress() as progress:
-        doc = run_compare(opts, progress)
+        doc = run_compare(engine(), opts, progress)
     out = sys.stdout
     if fmt == "json":
         import json

@@ -1,8 +1,8 @@
 """The `hv` console script: for `run`, libvirt starts opening before the CLI is imported.
 
 Importing typer and the engine takes ~80 ms; a `run` spends it with the second core idle.
-Opening the embedded libvirt driver then (in a forked child, see
-hv.runtime.connection.preopen) takes that work off the path to the VM's start.
+Opening the embedded libvirt driver then (in a forked child, see hv.engine.early) takes
+that work off the path to the VM's start.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ PREOPEN = {"run"}
 
 def main() -> None:
     args = sys.argv[1:]
+    session = None
     if command_name(args) in PREOPEN and not {"-H", "--host", "--help"} & set(args):
-        from hv.runtime.connection import preopen
+        from cli.session import Session
 
-        preopen()
+        session = Session()
+        session.preopen()
     from cli.main import main as cli_main
 
-    cli_main()
+    cli_main(session=session)

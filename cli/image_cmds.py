@@ -25,9 +25,9 @@ _PLAIN_SKIP = {"Downloading", "Extracting", "Building disk"}
 
 
 def _engine():
-    from hv.engine import Engine
+    from cli.session import engine
 
-    return Engine()
+    return engine()
 
 
 # --- pull progress ------------------------------------------------------------------------------
@@ -104,14 +104,13 @@ def pull(
     """Download an image from a registry."""
     engine = _engine()
     ref = engine.image_reference(name)
-    store = engine.images
     if quiet:
-        store.pull(name)
+        engine.pull_image(name)
     else:
         if ref.tag == "latest" and not ref.digest and not name.endswith(":latest"):
             sys.stdout.write("Using default tag: latest\n")
         with progress_renderer(sys.stdout) as callback:
-            store.pull(name, callback)
+            engine.pull_image(name, callback)
     sys.stdout.write(f"{ref}\n")
 
 
@@ -202,7 +201,7 @@ def tag(
     target: Annotated[str, typer.Argument(metavar="TARGET_IMAGE[:TAG]")],
 ) -> None:
     """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE."""
-    _engine().images.tag(source, target)
+    _engine().tag_image(source, target)
 
 
 def load(

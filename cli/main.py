@@ -27,24 +27,26 @@ app = typer.Typer(
 # Commands whose failures Docker reports with 125 (the CLI itself failed to create/run);
 # for the others an error from the engine is 1, as `docker rm nosuch` is.
 RUN_LIKE = {"run"}
-STATE = {"debug": False, "command": ""}
 
 
 @app.callback()
 def _global(
+    ctx: typer.Context,
     host: Annotated[str | None, typer.Option("-H", "--host", envvar="HV_HOST",
                                              help="libvirt URI (default: embedded driver)")] = None,
     debug: Annotated[bool, typer.Option("-D", "--debug", help="show stack traces")] = False,
 ) -> None:
-    if host:
-        os.environ["HV_HOST"] = host
-    STATE["debug"] = debug
+    session = ctx.find_root().obj
+    if host and host != session.host:
+        session.host = host  # before the Config is built: every command reads it later
+        session._config = session._engine = None
+    session.debug = debug
 
 
 def _engine():
-    from hv.engine import Engine
+    from cli.session import engine
 
-    return Engine()
+    return engine()
 
 
 def _warnings(warnings: list[str]) -> None:
@@ -124,14 +126,14 @@ def _attach_until_exit(engine, container, use_tty: bool, stdin_open: bool) -> in
     """`run -i[t]` / `start -a`: attach; the container's exit code (or 0 when detached)."""
     from cli.streams import pump_attach
 
-    c, agent, ch = engine.attach(container.name)
+    stream = engine.attach(container.name)
     try:
-        code = pump_attach(ch, stdin_open=stdin_open, use_tty=use_tty)
+        code = pump_attach(stream, stdin_open=stdin_open, use_tty=use_tty)
     except KeyboardInterrupt:
         engine.stop_now(container)
         return 130
     finally:
-        agent.close()
+        stream.close()
     if code is None:  # detached, or the guest vanished
         if engine.container_running(container):
             return 0
@@ -212,7 +214,7 @@ def logs(
 def wait(containers: Annotated[list[str], typer.Argument()]) -> None:
     """Block until containers stop, then print their exit codes."""
     engine = _engine()
-    each(containers, lambda ref: str(engine.wait(ref)))
+    each(containers, lambda ref: str(engine.wait(ref).status_code))
 
 
 @app.command()
@@ -285,18 +287,18 @@ def exec_(
     from cli.streams import pump_exec, window
 
     engine = _engine()
-    pty = ("xterm", *window()) if tty else None
-    agent, ch = engine.exec(container, list(command), list(env or []), list(env_file or []),
-                            workdir, user, pty)
+    stream = engine.exec(container, list(command), list(env or []), list(env_file or []),
+                         workdir, user, tty=tty, stdin=interactive,
+                         size=window() if tty else None)
     try:
         if detach:
-            ch.shutdown_write()
+            stream.close_stdin()
             return
-        code = pump_exec(ch, interactive=interactive, use_tty=tty)
+        code = pump_exec(stream, interactive=interactive, use_tty=tty)
     finally:
-        agent.close()
+        stream.close()
     # no status: the guest went away under the command (killed, stopped): 137, as Docker's
-    raise typer.Exit(137 if code < 0 else code)
+    raise typer.Exit(137 if code is None else code)
 
 
 @app.command()
@@ -473,6 +475,7 @@ def _register_extras() -> None:
     __import__("cli.volume_cmds").volume_cmds.register(app)  # hv volume, hv system
     __import__("cli.service_cmd").service_cmd.register(app)  # hv system service
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
+    __import__("cli.events_cmd").events_cmd.register(app)  # hv events
 
 
 _register_extras()
@@ -494,18 +497,22 @@ def _only(name: str) -> typer.Typer:
     return only
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, session=None) -> None:
+    """`session`: one the console script made already (hv.engine opened early for run)."""
     try:  # typer >= 0.25 vendors click
         from typer import _click as click
     except ImportError:  # pragma: no cover
         import click
 
+    from cli.session import Session
     from hv.errors import HvError
 
     args = sys.argv[1:] if argv is None else argv
-    STATE["command"] = command_name(args)
+    session = session or Session()
+    session.command = command_name(args)
     try:
-        rv = _only(STATE["command"])(args=args, prog_name="hv", standalone_mode=False)
+        rv = _only(session.command)(args=args, prog_name="hv", standalone_mode=False,
+                                    obj=session)
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         code = e.exit_code
@@ -518,13 +525,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"hint: see '{cmd}'\n")
         code = 125
     except HvError as e:
-        if STATE["debug"]:
+        if session.debug:
             import traceback
 
             traceback.print_exc()
         print_error(e)
         code = e.exit_code
-        if code == 125 and STATE["command"] not in RUN_LIKE:
+        if code == 125 and session.command not in RUN_LIKE:
             code = 1
     except KeyboardInterrupt:
         sys.stderr.write("Error: interrupted\n")
@@ -533,16 +540,15 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except OSError as e:
         # a full disk, a read-only state root...: what the user can act on, not a bug
-        if STATE["debug"]:
+        if session.debug:
             raise
-        from hv import paths
         from hv.errors import from_os_error
 
-        err = from_os_error(e, paths.state_root())
+        err = from_os_error(e, session.config.root)
         print_error(err)
-        code = 125 if STATE["command"] in RUN_LIKE else 1
+        code = 125 if session.command in RUN_LIKE else 1
     except Exception as e:  # noqa: BLE001 - a bug: still one line and a hint
-        if STATE["debug"]:
+        if session.debug:
             raise
         sys.stderr.write(f"Error: internal error: {type(e).__name__}: {e}\n")
         sys.stderr.write("hint: run again with --debug for the stack trace, and report it\n")

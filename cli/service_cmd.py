@@ -1,7 +1,6 @@
 """`hv system service [ADDRESS]`: serve Docker's Engine API in the foreground.
 
-Reads the environment here (the state root for the default address) and hands plain
-values to api/, which reads none.
+The CLI's Config (its flags and environment, read once) goes to api/, which reads none.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "warn": logging.WARNING, "error": logging.ERROR}
 
 
-def _default_address() -> str:
-    from hv import paths
-
-    return f"unix://{paths.state_root() / 'hv.sock'}"
+def _default_address(config) -> str:
+    return f"unix://{config.root / 'hv.sock'}"
 
 
 def service(
@@ -42,9 +39,11 @@ def service(
                         format="%(asctime)s %(levelname)s %(message)s")
     from api.app import build
     from api.server import Server, parse_address
+    from cli.session import current
 
-    addr = parse_address(address or _default_address())
-    svc = build()
+    config = current().config
+    addr = parse_address(address or _default_address(config))
+    svc = build(config)
     server = Server(addr, svc.handle, svc.on_error)
 
     def stop(_signum, _frame) -> None:

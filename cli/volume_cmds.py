@@ -17,9 +17,9 @@ DF_COLUMNS = [("TYPE", "Type"), ("TOTAL", "TotalCount"), ("ACTIVE", "Active"),
 
 
 def _engine():
-    from hv.engine import Engine
+    from cli.session import engine
 
-    return Engine()
+    return engine()
 
 
 def _users() -> dict[str, list[str]]:

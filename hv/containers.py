@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from hv import paths
+from hv.paths import Paths
 from hv.timefmt import rfc3339
 
 
@@ -73,6 +73,7 @@ class Container:
     record: Record
     active: bool
     paused: bool = False
+    paths: Paths = field(kw_only=True, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -90,13 +91,13 @@ class Container:
         from hv.guest.logstream import read_status
 
         cid = self.id
-        started_at = _read_float(paths.container_started(cid))
+        started_at = _read_float(self.paths.container_started(cid))
         if self.active:
             return State("paused" if self.paused else "running", True, 0, started_at, None)
-        status = read_status(paths.container_status(cid))
+        status = read_status(self.paths.container_status(cid))
         if started_at is None:
             return State("created", False, 0, None, None)
-        finished_at = _mtime(paths.container_status(cid)) or started_at
+        finished_at = _mtime(self.paths.container_status(cid)) or started_at
         if status.exit_code is not None:
             return State("exited", False, status.exit_code, started_at, finished_at,
                          status.error or "")
@@ -109,7 +110,7 @@ class Container:
         if not self.active:
             return []
         try:
-            ports = json.loads(paths.container_ports(self.id).read_text())
+            ports = json.loads(self.paths.container_ports(self.id).read_text())
         except (OSError, ValueError):
             return []
         return ports if isinstance(ports, list) else []
@@ -137,10 +138,10 @@ class Container:
                 "FinishedAt": rfc3339(st.finished_at),
             },
             "Image": r.image_id,
-            "LogPath": str(paths.container_log(r.id)),
+            "LogPath": str(self.paths.container_log(r.id)),
             "Name": "/" + r.name,
             "Mounts": _mounts(r.volumes),
-            "RestartCount": _restarts(r.id),
+            "RestartCount": _restarts(self.paths, r.id),
             "Driver": "qcow2",
             "Platform": "linux",
             "HostConfig": {
@@ -170,9 +171,9 @@ class Container:
                 "Vcpus": r.vcpus,
                 "MemoryMiB": r.memory_mib,
                 "BaseDisk": r.base_disk,
-                "Disk": str(paths.container_disk(r.id)),
-                "Seed": str(paths.container_seed(r.id)),
-                "Console": str(paths.container_console(r.id)),
+                "Disk": str(self.paths.container_disk(r.id)),
+                "Seed": str(self.paths.container_seed(r.id)),
+                "Console": str(self.paths.container_console(r.id)),
             },
         }
 
@@ -183,10 +184,10 @@ def _mounts(volumes: list[dict]) -> list[dict]:
     return inspect_mounts(volumes)
 
 
-def _restarts(cid: str) -> int:
+def _restarts(paths: Paths, cid: str) -> int:
     from hv.restart import restart_count
 
-    return restart_count(cid)
+    return restart_count(paths, cid)
 
 
 def _port_bindings(ports: list[dict]) -> dict:

@@ -54,6 +54,14 @@ class ContainerNotFound(NotFound):
     hint = "list containers with 'hv ps -a'"
 
 
+class NetworkNotFound(NotFound):
+    """Docker: `network NAME not found`, exit 1 from the `network` verbs (`run`/`create`
+    report it with 125: pass exit_code=125 there)."""
+
+    exit_code = 1
+    hint = "list networks with 'hv network ls'"
+
+
 class Conflict(HvError):
     """A name in use, an image used by a container, a running container to remove."""
 
@@ -137,3 +145,46 @@ def from_os_error(err: OSError, where: object) -> HvError:
         return HvError(f"permission denied{name}",
                        hint="run hv as the user who owns the state root (or as root)")
     return HvError(f"{err.strerror or err}{name}")
+
+
+# libvirt's virErrorNumber values that say more than "it failed"
+_VIR_ERR_NO_DOMAIN = 42
+_VIR_ERR_OPERATION_INVALID = 55
+_VIR_ERR_OPERATION_TIMEOUT = 68
+_VIR_ERR_NO_SUPPORT = 3
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def translate(err: BaseException, doing: str, where: object = None) -> HvError:
+    """The one translator of what libvirt, paramiko and the OS raise into an HvError.
+
+    `doing` starts the message ("cannot start the VM"); `where`: the state root, for OS
+    errors (see from_os_error). Matched by type name, so this module imports neither
+    libvirt nor paramiko."""
+    if isinstance(err, HvError):
+        return err
+    if isinstance(err, OSError) and where is not None:
+        return from_os_error(err, where)
+    kind = type(err).__name__
+    module = type(err).__module__ or ""
+    if kind == "libvirtError":
+        code = err.get_error_code() if hasattr(err, "get_error_code") else None
+        text = _first_line(str(err))
+        if code == _VIR_ERR_NO_DOMAIN:
+            return ContainerNotFound(f"{doing}: the VM is gone ({text})",
+                                     hint="see 'hv ps -a'; it may have been removed meanwhile")
+        if code == _VIR_ERR_OPERATION_INVALID:
+            return Conflict(f"{doing}: {text}", hint="see 'hv ps -a' for its state")
+        if code == _VIR_ERR_OPERATION_TIMEOUT:
+            return RuntimeFailure(f"{doing}: libvirt timed out ({text})",
+                                  hint="another hv command may hold the VM; try again")
+        if code == _VIR_ERR_NO_SUPPORT:
+            return RuntimeFailure(f"{doing}: not supported here ({text})")
+        return RuntimeFailure(f"{doing}: {text}")
+    if module.startswith("paramiko") or kind in ("SSHException", "EOFError"):
+        return RuntimeFailure(f"{doing}: {_first_line(str(err)) or kind}",
+                              hint="is the container still running? 'hv ps -a'")
+    return RuntimeFailure(f"{doing}: {_first_line(str(err)) or kind}")

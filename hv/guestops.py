@@ -7,22 +7,22 @@ from __future__ import annotations
 import signal as _signal
 import time
 
-from hv import paths
 from hv.containers import Container
+from hv.context import Context
 from hv.errors import Conflict, HvError, RuntimeFailure, UsageError
-from hv.runtime.connection import call, first_line, libvirt_module
+from hv.runtime.connection import attempt, lookup
 
 # Linux input keycodes: ctrl-alt-del, which the agent turns into SIGTERM for the main process
 _CTRL_ALT_DEL = [29, 56, 111]
 
 
-def not_running(c: Container, action: str = "") -> Conflict:
+def not_running(ctx: Context, c: Container, action: str = "") -> Conflict:
     """Docker's "is not running", with the reason when hv itself stopped the container
     (hv.engine.Engine._stop_broken records it as an `error` line after `started`)."""
     from hv.guest.logstream import read_status
 
     what = f"cannot {action} container: {c.name}: " if action else ""
-    st = read_status(paths.container_status(c.id))
+    st = read_status(ctx.paths.container_status(c.id))
     if st.error and st.started_ns is not None:
         return Conflict(f"{what}container {c.id} is not running: {st.error}",
                         hint=f"start it again with 'hv start {c.name}'; the files in its "
@@ -46,7 +46,7 @@ def parse_signal(text: str) -> int:
     raise UsageError(f"invalid signal: {text}", hint="use a name like SIGTERM, TERM or a number")
 
 
-def connect_agent(c: Container, timeout: float = 90.0, direct: bool = False,
+def connect_agent(ctx: Context, c: Container, timeout: float = 90.0, direct: bool = False,
                   spawn: bool = True):
     """An agent for `c`: `open(command, pty)`, `call(command, stdin, timeout)`, `close()`.
 
@@ -57,30 +57,28 @@ def connect_agent(c: Container, timeout: float = 90.0, direct: bool = False,
     for callers that need its transport or endpoint (cp).
     """
     if not c.active:
-        raise not_running(c)
+        raise not_running(ctx, c)
     if not direct:
         from hv.guest import mux
 
-        if mux.enabled():
-            agent = mux.connect(c.id, timeout=timeout, spawn=spawn)
+        if ctx.config.mux:
+            agent = mux.connect(ctx.config, c.id, timeout=timeout, spawn=spawn)
             if agent is not None:
                 return agent
     from hv.guest.agent import Agent, endpoint
 
-    return Agent.connect(endpoint(c.id), timeout=timeout)
+    return Agent.connect(endpoint(ctx.paths, c.id), timeout=timeout)
 
 
 def _send_ctrl_alt_del(conn, name: str) -> bool:
-    libvirt = libvirt_module()
-    try:
-        dom = conn.lookupByName(name)
-        dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 0, _CTRL_ALT_DEL, len(_CTRL_ALT_DEL), 0)
-        return True
-    except libvirt.libvirtError:
-        return False
+    import libvirt  # loaded already: `conn` is open
+
+    dom = lookup(conn, name)
+    return dom is not None and attempt(lambda: dom.sendKey(
+        libvirt.VIR_KEYCODE_SET_LINUX, 0, _CTRL_ALT_DEL, len(_CTRL_ALT_DEL), 0) == 0, False)
 
 
-def wait_powered_off(c: Container, timeout: float, reap: bool = True) -> bool:
+def wait_powered_off(ctx: Context, c: Container, timeout: float, reap: bool = True) -> bool:
     """Wait for the guest to power off by itself (True) or the deadline (False).
 
     `reap`: and for its QEMU to leave the process table (init may reap it a second later;
@@ -89,30 +87,30 @@ def wait_powered_off(c: Container, timeout: float, reap: bool = True) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not running(c.name):
+        if not running(ctx.libvirt, c.name):
             if reap:
-                wait_reaped(c.name)
+                wait_reaped(ctx.libvirt, c.name)
             return True
         time.sleep(0.02 if not reap else 0.05)
     return False
 
 
-def stop(c: Container, timeout: int) -> None:
+def stop(ctx: Context, c: Container, timeout: int) -> None:
     """SIGTERM to the main process (ctrl-alt-del → agent), SIGKILL by power-off after `timeout`."""
     from hv.runtime.domains import destroy
 
     if not c.active:
         return
-    if timeout > 0 and call(_send_ctrl_alt_del, c.name):
-        if wait_powered_off(c, timeout):
+    if timeout > 0 and ctx.libvirt.call(_send_ctrl_alt_del, c.name):
+        if wait_powered_off(ctx, c, timeout):
             return
-    destroy(c.name)
-    wait_powered_off(c, 10)
+    destroy(ctx.libvirt, c.name)
+    wait_powered_off(ctx, c, 10)
 
 
-def kill(c: Container, signum: int) -> None:
+def kill(ctx: Context, c: Container, signum: int) -> None:
     if not c.active:
-        raise not_running(c, "kill")
+        raise not_running(ctx, c, "kill")
     if signum == _signal.SIGKILL:
         from hv.runtime.domains import destroy
 
@@ -120,21 +118,21 @@ def kill(c: Container, signum: int) -> None:
         # As Docker's, `kill` returns once the container is down (a `start` right after it
         # must not find the dying guest still "running").
         try:
-            _signal_main(c, signum)
+            _signal_main(ctx, c, signum)
         except HvError:
-            destroy(c.name)
-        if not wait_powered_off(c, 10, reap=False):
-            destroy(c.name)
-            wait_powered_off(c, 10)
+            destroy(ctx.libvirt, c.name)
+        if not wait_powered_off(ctx, c, 10, reap=False):
+            destroy(ctx.libvirt, c.name)
+            wait_powered_off(ctx, c, 10)
         return
-    _signal_main(c, signum)
+    _signal_main(ctx, c, signum)
 
 
-def _signal_main(c: Container, signum: int) -> None:
+def _signal_main(ctx: Context, c: Container, signum: int) -> None:
     from hv.guest.attach import session_command
 
     # the multiplexer if one runs; none is started for a container that may be going down
-    agent = connect_agent(c, timeout=30, spawn=False)
+    agent = connect_agent(ctx, c, timeout=30, spawn=False)
     try:
         code, _out, err = agent.call(session_command("signal", str(signum)), timeout=30)
     finally:
@@ -146,32 +144,27 @@ def _signal_main(c: Container, signum: int) -> None:
 
 
 def _set_paused(conn, name: str, paused: bool) -> None:
-    libvirt = libvirt_module()
-    try:
-        dom = conn.lookupByName(name)
-        if paused:
-            dom.suspend()
-        else:
-            dom.resume()
-    except libvirt.libvirtError as e:
-        raise RuntimeFailure(f"cannot {'pause' if paused else 'unpause'} the VM: "
-                             f"{first_line(str(e))}") from None
+    doing = f"cannot {'pause' if paused else 'unpause'} the VM"
+    dom = lookup(conn, name)
+    if dom is None:
+        raise RuntimeFailure(f"{doing}: it is gone", hint="see 'hv ps -a'")
+    attempt(dom.suspend if paused else dom.resume, doing=doing)
 
 
-def pause(c: Container, paused: bool) -> None:
+def pause(ctx: Context, c: Container, paused: bool) -> None:
     if not c.active:
-        raise not_running(c, "pause" if paused else "unpause")
+        raise not_running(ctx, c, "pause" if paused else "unpause")
     if c.paused == paused:
         raise Conflict(f"Container {c.id} is {'already' if paused else 'not'} paused",
                        hint="see 'hv ps'")
-    call(_set_paused, c.name, paused)
+    ctx.libvirt.call(_set_paused, c.name, paused)
 
 
 
-def top(c: Container, args: list[str]) -> str:
+def top(ctx: Context, c: Container, args: list[str]) -> str:
     from hv.guest.attach import session_command
 
-    agent = connect_agent(c, timeout=30)
+    agent = connect_agent(ctx, c, timeout=30)
     try:
         code, out, err = agent.call(session_command("top", args or None))
     finally:
@@ -184,42 +177,33 @@ def top(c: Container, args: list[str]) -> str:
 
 def _sample(conn, names: list[str]) -> dict[str, dict]:
     """CPU time (dom.info: no cgroups needed), QEMU RSS and disk bytes of each domain."""
-    libvirt = libvirt_module()
+    import libvirt  # loaded already: `conn` is open
+
     out = {}
     for name in names:
-        try:
-            dom = conn.lookupByName(name)
-            info = dom.info()
-        except libvirt.libvirtError:
+        dom = lookup(conn, name)
+        info = attempt(dom.info) if dom is not None else None
+        if info is None:
             continue
         if info[0] in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN,
                        libvirt.VIR_DOMAIN_CRASHED):
             continue  # powered off meanwhile: its CPU time reads 0, no sample
         cpu_ns = info[4]
-        try:
-            rss = dom.memoryStats().get("rss", 0) * 1024
-        except libvirt.libvirtError:
-            rss = 0
-        try:
-            rd = dom.blockStats("vda")
-            blk = (rd[1], rd[3])
-        except libvirt.libvirtError:
-            blk = (0, 0)
-        try:
-            boot = dom.ID()  # a new one at each start
-        except libvirt.libvirtError:
-            boot = -1
+        rss = attempt(lambda d=dom: d.memoryStats().get("rss", 0) * 1024, 0)
+        rd = attempt(lambda d=dom: d.blockStats("vda"))
+        blk = (rd[1], rd[3]) if rd else (0, 0)
+        boot = attempt(dom.ID, -1)  # a new one at each start
         out[name] = {"cpu": cpu_ns, "rss": rss, "blk": blk, "t": time.monotonic(),
                      "boot": boot}
     return out
 
 
-def stats(cs: list[Container], interval: float = 1.0) -> list[dict]:
+def stats(ctx: Context, cs: list[Container], interval: float = 1.0) -> list[dict]:
     running = [c for c in cs if c.active]
     names = [c.name for c in running]
-    first = call(_sample, names) if names else {}
+    first = ctx.libvirt.call(_sample, names) if names else {}
     time.sleep(interval if names else 0)
-    second = call(_sample, names) if names else {}
+    second = ctx.libvirt.call(_sample, names) if names else {}
     rows = []
     for c in cs:
         a, b = first.get(c.name), second.get(c.name)

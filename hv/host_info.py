@@ -1,9 +1,8 @@
 """What a front end reports about this host and hv's guest (the Engine API's /info and
 /version): the accelerator, the guest kernel's release, the host's CPUs and memory.
 
-Kept out of the front ends because it reads below the facade (hv.runtime's accelerator
-probe, the guest assets' folder); each function takes the engine first, to become an
-Engine method.
+Kept out of the front ends because it reads below the facade (the guest assets' folder);
+the facade's `host_facts()` gives it.
 """
 
 from __future__ import annotations
@@ -45,12 +44,10 @@ def _os_name() -> str:
     return platform.system()
 
 
-def facts(engine) -> HostFacts:
-    from hv import paths
-    from hv.runtime.accel import detect
+def facts(paths, accel) -> HostFacts:
+    """`paths`: the Config's (hv.paths.Paths); `accel`: hv.runtime.accel.Accel."""
     from hv.spec import host_memory_bytes
 
-    accel = detect()
     guest = paths.guest_dir()
     return HostFacts(
         accelerator=accel.name, accelerator_reason=accel.reason,

@@ -12,8 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from hv import paths
 from hv.errors import UsageError
+from hv.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,27 @@ def parse(text: str | None) -> Policy:
     return Policy(name, int(count or 0))
 
 
-def mark_user_stop(cid: str) -> None:
+def mark_user_stop(paths: Paths, cid: str) -> None:
     try:
         paths.container_dir(cid).joinpath("user-stopped").write_text("1")
     except OSError:
         pass
 
 
-def clear_user_stop(cid: str) -> None:
+def clear_user_stop(paths: Paths, cid: str) -> None:
     paths.container_dir(cid).joinpath("user-stopped").unlink(missing_ok=True)
 
 
-def restart_count(cid: str) -> int:
+def restart_count(paths: Paths, cid: str) -> int:
     try:
         return int(paths.container_dir(cid).joinpath("restarts").read_text())
     except (OSError, ValueError):
         return 0
 
 
-def spawn_watcher(cid: str) -> None:
-    """Start the watcher for `cid` in the background (it exits at once if one runs)."""
+def spawn_watcher(cid: str, env: dict[str, str]) -> None:
+    """Start the watcher for `cid` in the background (it exits at once if one runs); `env`:
+    the Config's child_environ(), from which it builds the same Config."""
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
@@ -76,6 +77,6 @@ def spawn_watcher(cid: str) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.execv(sys.executable, [sys.executable, "-m", "hv.restart_watcher", cid])
+        os.execve(sys.executable, [sys.executable, "-m", "hv.restart_watcher", cid], env)
     finally:
         os._exit(0)

@@ -10,22 +10,23 @@ import fcntl
 import os
 import sys
 import time
+from dataclasses import replace
 
-from hv import paths
-from hv.containers import Container
+from hv.config import Config
 from hv.engine import Engine
 from hv.restart import parse, restart_count
 from hv.runtime.domains import running
 
 
-def watch(cid: str) -> None:
+def watch(config: Config, cid: str) -> None:
+    paths = config.paths
     lock = paths.container_dir(cid) / "watcher.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another watcher has it
-    engine = Engine()
+    engine = Engine(config)
     delay = 0.1
     while True:
         try:
@@ -33,12 +34,12 @@ def watch(cid: str) -> None:
         except Exception:  # noqa: BLE001 - removed: nothing left to watch
             return
         policy = parse(c.record.restart)
-        while running(c.name):
+        while running(engine.libvirt, c.name):
             time.sleep(0.2)
         if paths.container_dir(cid).joinpath("user-stopped").exists():
             return
-        code = Container(c.record, False).state().exit_code
-        n = restart_count(cid)
+        code = replace(c, active=False, paused=False).state().exit_code
+        n = restart_count(paths, cid)
         if not policy.wants_restart(code, n):
             return
         time.sleep(delay)
@@ -54,4 +55,4 @@ def watch(cid: str) -> None:
 
 
 if __name__ == "__main__":
-    watch(sys.argv[1])
+    watch(Config.from_environ(), sys.argv[1])

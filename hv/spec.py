@@ -154,9 +154,9 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
     return list(order.values())
 
 
-def process_spec(image_config: dict, opts: RunOptions, host_env: dict[str, str] | None = None
+def process_spec(image_config: dict, opts: RunOptions, host_env: dict[str, str]
                  ) -> ProcessSpec:
-    host_env = dict(os.environ) if host_env is None else host_env
+    """`host_env`: the environment `-e NAME` takes values from (the Config's)."""
     if opts.entrypoint is not None:
         entrypoint = [opts.entrypoint] if opts.entrypoint else []
         cmd = list(opts.args)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from hv import paths, volumes
-from hv.images import scratch
+from hv.paths import Paths
 
 
 @dataclass
@@ -33,7 +32,7 @@ def _allocated(path) -> int:
     return total
 
 
-def container_size(cid: str) -> int:
+def container_size(paths: Paths, cid: str) -> int:
     """The container's own disk: its qcow2 overlay, as allocated on the host."""
     try:
         return os.stat(paths.container_disk(cid)).st_blocks * 512
@@ -46,11 +45,11 @@ def prune(engine, all_images: bool = False, with_volumes: bool = False) -> Prune
     for c in engine.containers(all=True):
         if c.active:
             continue
-        rep.reclaimed += container_size(c.id)
+        rep.reclaimed += container_size(engine.paths, c.id)
         engine.remove(c.id)
         rep.containers.append(c.id)
     if with_volumes:
-        names, freed = volumes.prune(all=False)
+        names, freed = engine.volumes.prune(all=False)
         rep.volumes, rep.reclaimed = names, rep.reclaimed + freed
     used = {c.record.image_id for c in engine.containers(all=True)}
     for image in engine.images.list():
@@ -63,7 +62,7 @@ def prune(engine, all_images: bool = False, with_volumes: bool = False) -> Prune
         rep.images += [(kind.lower(), what) for kind, what in lines]
         rep.reclaimed += image.size
     # what killed pulls and loads left: scratch files of dead processes, unnamed blobs
-    scratch.sweep()
+    engine.images.scratch.sweep()
     engine.images.prune_orphans()
     return rep
 
@@ -75,13 +74,13 @@ def df(engine) -> list[dict]:
     images = engine.images.list()
     img_size = sum(i.size for i in images)
     img_free = sum(i.size for i in images if i.id not in used_images)
-    c_sizes = {c.id: container_size(c.id) for c in cs}
+    c_sizes = {c.id: container_size(engine.paths, c.id) for c in cs}
     c_size = sum(c_sizes.values())
     c_free = sum(s for cid, s in c_sizes.items()
                  if not next(c for c in cs if c.id == cid).active)
-    vols = volumes.list_volumes()
-    users = volumes.users()
-    v_sizes = {v.name: volumes.size(v.name) for v in vols}
+    vols = engine.volumes.list_volumes()
+    users = engine.volumes.users()
+    v_sizes = {v.name: engine.volumes.size(v.name) for v in vols}
     v_size = sum(v_sizes.values())
     v_free = sum(s for n, s in v_sizes.items() if not users.get(n))
     return [

@@ -51,6 +51,7 @@ def hv_root():
     for pid in stray_mux:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    stray_links = _hv_links(root)  # before the root goes: the links' alias names it
     shutil.rmtree(root, ignore_errors=True)
     for k, v in old.items():
         if v is None:
@@ -60,6 +61,17 @@ def hv_root():
     assert not leftovers, f"QEMU processes outlived the suite: {leftovers}"
     assert not stray_virtiofsd, f"virtiofsd processes outlived the suite: {stray_virtiofsd}"
     assert not stray_mux, f"exec multiplexers outlived the suite: {stray_mux}"
+    assert not stray_links, f"hv bridges/taps outlived the suite: {stray_links}"
+
+
+def _hv_links(root: Path) -> list[str]:
+    """The hv bridges and taps of this state root still on the host, removed (by name)."""
+    from hv.network import datapath
+
+    links = datapath.hv_links(datapath.owner_tag(root))
+    if links and datapath.can_admin():  # taps first, then the bridges they were on
+        datapath.delete_links(sorted(links, key=lambda n: n.startswith("hvbr-")))
+    return sorted(links)
 
 
 def _pids(binary: bytes, root: Path) -> list[int]:
@@ -96,9 +108,11 @@ def _lingering(binary: bytes, root: Path, grace: float = 3.0) -> list[int]:
 def _destroy_all(root: Path) -> None:
     if not (root / "libvirt").exists():
         return
-    from hv.runtime.connection import connect
+    from hv.config import Config
+    from hv.runtime.connection import Libvirt
 
-    with connect() as conn:
+    config = Config.from_environ(dict(os.environ, HV_ROOT=str(root)))
+    with Libvirt(config.paths, config.host).connect() as conn:
         for dom in conn.listAllDomains():
             try:
                 if dom.isActive():

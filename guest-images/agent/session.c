@@ -12,6 +12,7 @@
  *   stat [-L] PATH               one line about PATH inside the container root
  *   tar-out FOLLOW PATH          tar of PATH on stdout
  *   tar-in DIR                   extract the tar on stdin into DIR
+ *   hosts                        stdin becomes the container's /etc/hosts
  *   ready                        prints "ok"
  */
 #define _GNU_SOURCE
@@ -660,6 +661,32 @@ static int verb_tar_in(struct arg *a, int n)
 	return code;
 }
 
+/* The container's /etc/hosts is a bind mount of /run/hv/hosts: rewritten in place (a rename
+ * would leave the bind on the old inode), new bytes first, then cut to length, so a reader
+ * never finds it empty. */
+static int verb_hosts(int n)
+{
+	static char buf[1 << 20];
+	size_t len = 0;
+	ssize_t r;
+	if (n != 0)
+		die(125, "usage: hosts (the new /etc/hosts on stdin)");
+	while ((r = read(0, buf + len, sizeof buf - len)) > 0)
+		if ((len += (size_t)r) == sizeof buf)
+			die(1, "hosts: more than %zu bytes", sizeof buf - 1);
+	if (r < 0)
+		die(1, "hosts: %s", strerror(errno));
+	int fd = open("/run/hv/hosts", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		die(1, "/run/hv/hosts: %s", strerror(errno));
+	for (size_t off = 0; off < len; off += (size_t)r)
+		if ((r = pwrite(fd, buf + off, len - off, (off_t)off)) <= 0)
+			die(1, "/run/hv/hosts: %s", strerror(errno));
+	if (ftruncate(fd, (off_t)len) || close(fd))
+		die(1, "/run/hv/hosts: %s", strerror(errno));
+	return 0;
+}
+
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
 int session_main(void)
@@ -704,5 +731,7 @@ int session_main(void)
 		return verb_tar_out(a, words + 1, n);
 	if (strcmp(verb, "tar-in") == 0)
 		return verb_tar_in(a, n);
+	if (strcmp(verb, "hosts") == 0)
+		return verb_hosts(n);
 	die(125, "unknown verb: %s", verb);
 }

@@ -24,7 +24,7 @@ from hv.compare import measure
 from hv.compare.workload import LineSplitter, Marker, Transcript
 from hv.errors import HvError
 
-RUN_TIMEOUT = float(os.environ.get("HV_COMPARE_TIMEOUT", "600"))
+RUN_TIMEOUT = 600.0  # seconds a workload may take (HV_COMPARE_TIMEOUT, through the Config)
 
 
 class LegError(HvError):
@@ -58,6 +58,7 @@ class Leg:
 
     def __init__(self) -> None:
         self.notes: list[str] = []
+        self.timeout = RUN_TIMEOUT  # the runner sets the Config's compare_timeout
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -123,7 +124,7 @@ class _Piped(Leg):
         self._proc = p
         res = RunResult(Transcript(), t0)
         splitter = LineSplitter()
-        deadline = t0 + RUN_TIMEOUT
+        deadline = t0 + self.timeout
         sel = selectors.DefaultSelector()
         assert p.stdout is not None and p.stdin is not None
         fd = p.stdout.fileno()
@@ -133,7 +134,7 @@ class _Piped(Leg):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise LegError(f"{self.name}: the workload did not finish in "
-                                   f"{RUN_TIMEOUT:.0f} s", hint="set HV_COMPARE_TIMEOUT")
+                                   f"{self.timeout:.0f} s", hint="set HV_COMPARE_TIMEOUT")
                 if not sel.select(timeout=min(left, 1.0)):
                     continue
                 data = os.read(fd, 65536)
@@ -202,10 +203,9 @@ class ProcessLeg(_Piped):
                 "-c", script, "hvcmp-chroot", str(self.rootfs), *workload]
 
 
-def runtime_choice(requested: str | None) -> tuple[str | None, str]:
-    """(runtime, why): `--runtime`, else HV_OCI_RUNTIME (crun|runc|none), else crun if it is
-    installed, else runc; (None, reason) when there is none."""
-    env = os.environ.get("HV_OCI_RUNTIME", "").strip().lower()
+def runtime_choice(requested: str | None, env: str = "") -> tuple[str | None, str]:
+    """(runtime, why): `--runtime`, else `env` (HV_OCI_RUNTIME: crun|runc|none), else crun if
+    it is installed, else runc; (None, reason) when there is none."""
     want = (requested or env or "").strip().lower()
     if want == "none":
         return None, "HV_OCI_RUNTIME=none"
@@ -299,11 +299,10 @@ class VmLeg(Leg):
     name = "vm"
     sync = "sleep"
 
-    def __init__(self, image_ref: str, name_prefix: str, memory: str | None = None) -> None:
+    def __init__(self, engine, image_ref: str, name_prefix: str, memory: str | None = None
+                 ) -> None:
         super().__init__()
-        from hv.engine import Engine
-
-        self.engine = Engine()
+        self.engine = engine  # hv.engine.Engine: the facade, as `hv run` uses it
         self.image_ref = image_ref
         self.name_prefix = name_prefix
         self.memory = memory
@@ -318,7 +317,6 @@ class VmLeg(Leg):
         return f"`hv run --rm`: a QEMU VM ({self.accel or '?'}, {mem}) with its own kernel"
 
     def run(self, workload, on_marker=None):
-        from hv.runtime.domains import qemu_pid
         from hv.spec import RunOptions
 
         self.count += 1
@@ -329,17 +327,19 @@ class VmLeg(Leg):
                           memory=self.memory)
         t0 = time.monotonic()
         res = RunResult(Transcript(), t0)
-        try:
-            created = self.engine.create(opts)
-        except HvError as e:
-            raise LegError(f"vm: {e.message}", hint=e.hint) from None
-        c = self.container = created.container
-        for text in created.warnings:
-            if text not in self.notes:
-                self.notes.append(text)
-        self.memory_mib, self.accel = c.record.memory_mib, c.record.accel
-        qpid = qemu_pid(c.name)
+        qpid: int | None = None
+        old_handler = None
         splitter = LineSplitter()
+
+        def on_created(created) -> None:
+            nonlocal qpid, old_handler
+            c = self.container = created.container
+            for text in created.warnings:
+                if text not in self.notes:
+                    self.notes.append(text)
+            self.memory_mib, self.accel = c.record.memory_mib, c.record.accel
+            qpid = self.engine.vm_pid(c)
+            old_handler = _reap_on_sigchld(qpid)
 
         def sample() -> None:
             if qpid is None:
@@ -361,18 +361,21 @@ class VmLeg(Leg):
                     on_marker(mk)
                 self._handle(res, mk, sample)
 
-        old_handler = _reap_on_sigchld(qpid)
         try:
-            res.exit_code = self.engine.follow(c, on_line)
+            # the whole `hv run --rm` (create, start, follow, remove), as the CLI runs it
+            ran = self.engine.run(opts, on_created=on_created, on_output=on_line)
+            if ran.interrupted:
+                raise KeyboardInterrupt  # the runner removes what it started
+            res.exit_code = ran.exit_code
             res.t_exit = time.monotonic()
             for line in splitter.flush():
                 res.transcript.feed_line(line, res.t_exit)
-            self.engine.finish_run(c)
             self.container = None
         except HvError as e:
             raise LegError(f"vm: {e.message}", hint=e.hint) from None
         finally:
-            signal.signal(signal.SIGCHLD, old_handler)
+            if old_handler is not None:
+                signal.signal(signal.SIGCHLD, old_handler)
             self.cleanup()
         return res
 

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hv import paths
 from hv.compare import measure, report
 from hv.compare import rootfs as rfs
 from hv.compare import workload as wl
@@ -85,24 +84,20 @@ class _Marker:
         self.proc.wait()
 
 
-def compare(opts: Options, progress: Progress | None = None) -> dict:
+def compare(engine, opts: Options, progress: Progress | None = None) -> dict:
     """Run the comparison; the result dict (report.SCHEMA). Raises Interrupted on Ctrl-C after
     removing everything it started."""
     validate(opts)
-    from hv.engine import Engine
     from hv.errors import ImageNotFound
-    from hv.images import blobs
     from hv.images.layers import extract
-    from hv.runtime.accel import detect
 
-    engine = Engine()
     try:
         image = engine.images.get(opts.image)
     except ImageNotFound:
         image = engine.images.pull(opts.image)
-    accel = detect()
+    accel = engine.accel()
     run_id = secrets.token_hex(4)
-    tmp_root = paths.tmp_dir()
+    tmp_root = engine.paths.tmp_dir()
     tmp_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-", dir=tmp_root))
     legs: dict[str, Leg] = {}
@@ -112,7 +107,8 @@ def compare(opts: Options, progress: Progress | None = None) -> dict:
     try:
         root = work / "rootfs"
         root.mkdir(mode=0o755)
-        extract([blobs.path(d) for d in image.layers], root)
+        extract([engine.images.blobs.path(d) for d in image.layers], root,
+                max_image_size=engine.config.max_image_size)
         env = rfs.image_env(image.run_config)
         shell_path = rfs.find_shell(root)
         injected = False
@@ -140,7 +136,8 @@ def compare(opts: Options, progress: Progress | None = None) -> dict:
         marker = _Marker()
         for name in opts.only:
             try:
-                legs[name] = _make_leg(name, opts, root, work, env, run_id, injected)
+                legs[name] = _make_leg(engine, name, opts, root, work, env, run_id, injected)
+                legs[name].timeout = engine.config.compare_timeout
             except LegError as e:
                 errors[name] = _with_hint(e)
 
@@ -205,14 +202,14 @@ def compare(opts: Options, progress: Progress | None = None) -> dict:
         _cleanup(legs, marker, work)
 
 
-def _make_leg(name: str, opts: Options, root: Path, work: Path, env: dict[str, str],
+def _make_leg(engine, name: str, opts: Options, root: Path, work: Path, env: dict[str, str],
               run_id: str, injected: bool) -> Leg:
     if name == "process":
         return ProcessLeg(root, env)
     if name == "container":
         from hv.compare.legs import runtime_choice
 
-        runtime, why = runtime_choice(opts.runtime)
+        runtime, why = runtime_choice(opts.runtime, engine.config.oci_runtime)
         if runtime is None:
             raise LegError(f"no OCI runtime: {why}",
                            hint="install crun or runc (make setup does), or pass --runtime")
@@ -221,7 +218,7 @@ def _make_leg(name: str, opts: Options, root: Path, work: Path, env: dict[str, s
         raise LegError("the image has no /bin/sh, and an hv VM boots the "
                        "image's own disk unchanged, so there is nothing to run the workload "
                        "with (the other columns used an injected static busybox)")
-    return VmLeg(opts.image, f"hvcmp-{run_id}", opts.memory)
+    return VmLeg(engine, opts.image, f"hvcmp-{run_id}", opts.memory)
 
 
 def _cleanup(legs: dict[str, Leg], marker: _Marker | None, work: Path) -> None:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hv import paths
 from hv.errors import HvError, RuntimeFailure
+from hv.paths import Paths
 
 
 class AgentUnreachable(RuntimeFailure):
@@ -28,9 +28,10 @@ class Endpoint:
     port: int
     host_key_line: str
     client_key: Path
+    paths: Paths  # where the container's files are (console log, keys) for errors and ssh
 
 
-def endpoint(cid: str) -> Endpoint:
+def endpoint(paths: Paths, cid: str) -> Endpoint:
     try:
         port = int(paths.container_ssh_port(cid).read_text().strip())
         host_key_line = paths.container_host_key(cid).read_text().strip()
@@ -38,7 +39,7 @@ def endpoint(cid: str) -> Endpoint:
         raise AgentUnreachable(
             "the container's agent has no SSH endpoint (it was created by an older hv or "
             "is not running)", hint="restart the container with 'hv restart'") from None
-    return Endpoint(cid, port, host_key_line, paths.container_client_key(cid))
+    return Endpoint(cid, port, host_key_line, paths.container_client_key(cid), paths)
 
 
 class Agent:
@@ -61,7 +62,7 @@ class Agent:
 
         deadline = time.monotonic() + timeout
         last = "the TCP port did not accept connections"
-        hint = f"read the guest console log: {paths.container_console(ep.cid)}"
+        hint = f"read the guest console log: {ep.paths.container_console(ep.cid)}"
         pinned = _public_key(ep.host_key_line)
         client = paramiko.Ed25519Key.from_private_key_file(str(ep.client_key))
         delay = 0.05

@@ -32,9 +32,9 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from hv import paths
 from hv.errors import HvError
 from hv.guest.agent import AgentUnreachable
+from hv.paths import Paths
 
 BUF = 1 << 20
 # Copies smaller than this go over the agent's own connection: measured under TCG, a 4 MB
@@ -48,7 +48,7 @@ class SshMissing(HvError):
     hint = "install OpenSSH's client: apt-get install openssh-client"
 
 
-def known_hosts(cid: str, port: int) -> tuple[Path, str]:
+def known_hosts(paths: Paths, cid: str, port: int) -> tuple[Path, str]:
     """The container's pinned host key as a known_hosts file for [127.0.0.1]:PORT, and the
     key's type."""
     try:
@@ -77,12 +77,12 @@ def known_hosts(cid: str, port: int) -> tuple[Path, str]:
     return path, key[0]
 
 
-def ssh_argv(cid: str, port: int, command: str) -> list[str]:
+def ssh_argv(paths: Paths, cid: str, port: int, command: str) -> list[str]:
     """`ssh` to the agent of container CID on 127.0.0.1:PORT, running the session COMMAND."""
     ssh = shutil.which("ssh")
     if ssh is None:
         raise SshMissing("'hv cp' needs OpenSSH's ssh client, which is not installed")
-    pinned, key_type = known_hosts(cid, port)
+    pinned, key_type = known_hosts(paths, cid, port)
     opts = {
         "BatchMode": "yes",  # never a password or passphrase prompt
         "IdentitiesOnly": "yes",
@@ -127,9 +127,10 @@ class Stream:
     The guest's stderr is kept in a temporary file (no pipe to fill and stall the session).
     """
 
-    def __init__(self, cid: str, port: int, name: str, command: str, write: bool) -> None:
-        self.cid, self.name = cid, name
-        argv = ssh_argv(cid, port, command)
+    def __init__(self, paths: Paths, cid: str, port: int, name: str, command: str,
+                 write: bool) -> None:
+        self.paths, self.cid, self.name = paths, cid, name
+        argv = ssh_argv(paths, cid, port, command)
         self._err: IO[bytes] = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
@@ -158,7 +159,7 @@ class Stream:
         if code == SSH_FAILED:
             lines = err.decode(errors="replace").strip().splitlines()
             why = lines[-1] if lines else "ssh exited with status 255"
-            console = paths.container_console(self.cid)
+            console = self.paths.container_console(self.cid)
             hint = f"is it still running ('hv ps -a')? read its console log: {console}"
             if "host key" in why.lower():  # not the pinned key: another VM behind the port
                 hint = f"the VM behind this port is not this container; restart it " \
@@ -281,10 +282,11 @@ def open_stream(agent, name: str, command: str, write: bool,
         return ChannelStream(agent.open(command), write)
     ep = getattr(agent, "endpoint", None)
     cid = ep.cid if ep is not None else getattr(agent, "cid", None)
+    paths = ep.paths if ep is not None else agent.paths
     try:
         port = ep.port if ep is not None else \
             int(paths.container_ssh_port(cid).read_text().strip())
     except (OSError, ValueError, TypeError):
         raise AgentUnreachable(f"no SSH endpoint is known for container {name}",
                                hint="restart the container with 'hv restart'") from None
-    return Stream(cid, port, name, command, write)
+    return Stream(paths, cid, port, name, command, write)

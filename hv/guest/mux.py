@@ -89,7 +89,8 @@ import sys
 import time
 from pathlib import Path
 
-from hv import errors, paths
+from hv import errors
+from hv.config import Config
 from hv.errors import HvError, RuntimeFailure
 from hv.guest.agent import AgentUnreachable
 from hv.guest.attach import FrameDecoder, encode_frame
@@ -103,13 +104,8 @@ MODULE = "hv.guest.mux"
 _DROPPED_HINT = "is the container still running? 'hv ps -a'"
 
 
-def enabled() -> bool:
-    """HV_MUX=0: every client makes its own SSH connection, as before the multiplexer."""
-    return os.environ.get("HV_MUX", "1") != "0"
-
-
-def _cdir(cid: str) -> str:
-    return os.path.abspath(paths.container_dir(cid))
+def _cdir(config: Config, cid: str) -> str:
+    return os.path.abspath(config.paths.container_dir(cid))
 
 
 @contextlib.contextmanager
@@ -122,12 +118,12 @@ def _short(directory: str):
         os.close(fd)
 
 
-def _dial(cid: str) -> socket.socket | None:
+def _dial(config: Config, cid: str) -> socket.socket | None:
     """A connection to the running multiplexer, or None (none, or a stale socket)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        with _short(_cdir(cid)) as d:
-            sock.connect(f"{d}/{paths.container_mux_socket(cid).name}")
+        with _short(_cdir(config, cid)) as d:
+            sock.connect(f"{d}/{config.paths.container_mux_socket(cid).name}")
     except OSError:
         sock.close()
         return None
@@ -159,57 +155,57 @@ def _error_from(text: str) -> HvError:
 
 # --- client --------------------------------------------------------------------------------
 
-def connect(cid: str, timeout: float = 90.0, spawn: bool = True) -> MuxAgent | None:
+def connect(config: Config, cid: str, timeout: float = 90.0, spawn: bool = True) -> MuxAgent | None:
     """An agent whose sessions go through the container's multiplexer.
 
     With `spawn`, a missing multiplexer is started (it connects to the guest, waiting up to
     `timeout` s for it to be ready, and its error is raised here); without, None.
     """
-    sock = _dial(cid)
+    sock = _dial(config, cid)
     if sock is None:
         if not spawn:
             return None
-        sock = _start(cid, timeout)
-    return MuxAgent(cid, sock, timeout)
+        sock = _start(config, cid, timeout)
+    return MuxAgent(config, cid, sock, timeout)
 
 
-def _start(cid: str, timeout: float) -> socket.socket:
+def _start(config: Config, cid: str, timeout: float) -> socket.socket:
     import fcntl
 
     try:
-        fd = os.open(paths.container_mux_lock(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(config.paths.container_mux_lock(cid),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         raise AgentUnreachable("the container's folder is gone", hint=_DROPPED_HINT) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        sock = _dial(cid)  # started by another client while we waited for the lock
+        sock = _dial(config, cid)  # started by another client while we waited for the lock
         if sock is None:
-            _spawn(cid, timeout)
-            sock = _dial(cid)
+            _spawn(config, cid, timeout)
+            sock = _dial(config, cid)
         if sock is None:
             raise RuntimeFailure("the container's exec multiplexer started but does not answer",
-                                 hint=f"read {paths.container_mux_log(cid)}")
+                                 hint=f"read {config.paths.container_mux_log(cid)}")
         return sock
     finally:
         os.close(fd)
 
 
-def _spawn(cid: str, timeout: float) -> None:
+def _spawn(config: Config, cid: str, timeout: float) -> None:
     """Start the multiplexer and wait for its `ok` (or its error, raised)."""
     import subprocess
 
-    env = dict(os.environ)
-    env["HV_ROOT"] = os.path.abspath(paths.state_root())  # it runs in /, relative roots break
+    env = config.child_environ()  # it builds the same Config (absolute roots: it runs in /)
     here = str(Path(__file__).resolve().parents[2])  # so that `-m hv.guest.mux` imports this hv
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    log = paths.container_mux_log(cid)
+    log = config.paths.container_mux_log(cid)
     try:
         err = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         err = subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", MODULE, _cdir(cid), f"{timeout:g}"],
+            [sys.executable, "-m", MODULE, _cdir(config, cid), f"{timeout:g}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd="/", env=env,
             start_new_session=True)
     finally:
@@ -239,7 +235,7 @@ def _spawn(cid: str, timeout: float) -> None:
         return
     if word == "error":
         raise _error_from(rest)
-    stop(cid)  # whatever is left of it
+    stop(config, cid)  # whatever is left of it
     raise RuntimeFailure("the container's exec multiplexer did not start",
                          hint=f"read {log}")
 
@@ -247,7 +243,10 @@ def _spawn(cid: str, timeout: float) -> None:
 class MuxAgent:
     """`hv.guest.agent.Agent`'s interface (open, call, close) over the multiplexer."""
 
-    def __init__(self, cid: str, sock: socket.socket, timeout: float = 90.0) -> None:
+    def __init__(self, config: Config, cid: str, sock: socket.socket,
+                 timeout: float = 90.0) -> None:
+        self.config = config
+        self.paths = config.paths  # hv.guest.bulk finds the container's keys through it
         self.cid = cid
         self._spare: socket.socket | None = sock  # the connection that proved it alive
         self._timeout = timeout
@@ -257,7 +256,7 @@ class MuxAgent:
         """A session running `command` (optionally on a PTY of (TERM, cols, rows))."""
         sock, self._spare = self._spare, None
         if sock is None:
-            sock = _dial(self.cid) or _start(self.cid, self._timeout)
+            sock = _dial(self.config, self.cid) or _start(self.config, self.cid, self._timeout)
         ch = MuxChannel(sock)
         self._channels.append(ch)
         ch._request(command, pty)
@@ -478,8 +477,8 @@ class MuxChannel:
 
 # --- finding and stopping multiplexers ---------------------------------------------------
 
-def _needle(cid: str) -> bytes:
-    return b"\0-m\0" + MODULE.encode() + b"\0" + os.fsencode(_cdir(cid)) + b"\0"
+def _needle(config: Config, cid: str) -> bytes:
+    return b"\0-m\0" + MODULE.encode() + b"\0" + os.fsencode(_cdir(config, cid)) + b"\0"
 
 
 def _cmdline(pid: int) -> bytes:
@@ -490,9 +489,9 @@ def _cmdline(pid: int) -> bytes:
         return b""  # gone (a zombie's is empty too)
 
 
-def pids(cid: str) -> list[int]:
+def pids(config: Config, cid: str) -> list[int]:
     """The container's multiplexer processes (normally one; none when idle or stopped)."""
-    needle = _needle(cid)
+    needle = _needle(config, cid)
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit() and needle in _cmdline(int(name)):
@@ -500,24 +499,24 @@ def pids(cid: str) -> list[int]:
     return found
 
 
-def running_pid(cid: str) -> int | None:
+def running_pid(config: Config, cid: str) -> int | None:
     """The pid in mux.pid if that process is the container's multiplexer."""
     try:
-        pid = int(paths.container_mux_pid(cid).read_text())
+        pid = int(config.paths.container_mux_pid(cid).read_text())
     except (OSError, ValueError):
         return None
-    return pid if _needle(cid) in _cmdline(pid) else None
+    return pid if _needle(config, cid) in _cmdline(pid) else None
 
 
-def stop(cid: str) -> None:
+def stop(config: Config, cid: str) -> None:
     """Kill the container's multiplexers (it was stopped, killed or removed); quick no-op
     when none was ever started. Their sessions end as if the guest went away."""
     import signal
 
-    if not paths.container_mux_lock(cid).exists():
+    if not config.paths.container_mux_lock(cid).exists():
         return
-    needle = _needle(cid)
-    victims = pids(cid)
+    needle = _needle(config, cid)
+    victims = pids(config, cid)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -526,18 +525,15 @@ def stop(cid: str) -> None:
         victims = [p for p in victims if needle in _cmdline(p)]
         if victims:
             time.sleep(0.01)
-    for p in (paths.container_mux_socket(cid), paths.container_mux_pid(cid)):
+    for p in (config.paths.container_mux_socket(cid), config.paths.container_mux_pid(cid)):
         with contextlib.suppress(OSError):
             p.unlink()
 
 
 # --- server --------------------------------------------------------------------------------
 
-def _idle_timeout() -> float:
-    try:
-        return float(os.environ.get("HV_MUX_IDLE", IDLE_DEFAULT))
-    except ValueError:
-        return IDLE_DEFAULT
+def _idle_timeout(config: Config) -> float:
+    return IDLE_DEFAULT if config.mux_idle is None else config.mux_idle
 
 
 def _log(text: str) -> None:
@@ -548,26 +544,29 @@ def _log(text: str) -> None:
 
 # run by the multiplexer when a virtiofsd of its container died: any look-up stops such a
 # container (hv.engine.Engine._stop_broken), in a process of its own (this one has threads)
-_STOP_BROKEN = "import sys; from hv.engine import Engine; Engine().container(sys.argv[1])"
+_STOP_BROKEN = ("import sys; from hv.config import Config; from hv.engine import Engine; "
+                "Engine(Config.from_environ()).container(sys.argv[1])")
 
 
-def _share_watch(cid: str):
+def _share_watch(config: Config, cid: str):
     """A callable telling whether a virtiofsd of the container died, or None (no virtiofs)."""
-    from hv.runtime.connection import is_embedded
+    from hv.runtime.connection import Libvirt
     from hv.runtime.domains import dead_shares, list_domains
 
-    if not is_embedded():
+    lv = Libvirt(config.paths, config.host)
+    if not lv.embedded:
         return None  # libvirtd's virtiofsd are not ours to look at (nor its files)
-    info = next((i for i in list_domains() if i.active and i.record.get("id") == cid), None)
+    info = next((i for i in list_domains(lv) if i.active and i.record.get("id") == cid), None)
     if info is None or not info.shares:
         return None
-    return lambda: bool(dead_shares(info))
+    return lambda: bool(dead_shares(lv, info))
 
 
 class _Server:
-    def __init__(self, cid: str, agent) -> None:
+    def __init__(self, config: Config, cid: str, agent) -> None:
         import threading
 
+        self.config = config
         self.cid = cid
         self.agent = agent
         self.watch = None  # see _share_watch
@@ -576,7 +575,7 @@ class _Server:
         self.sessions = 0
         self.last_active = time.monotonic()
         self.stopping = False
-        self.dirfd = os.open(_cdir(cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dirfd = os.open(_cdir(config, cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.listener: socket.socket | None = None
         self.sock_ino: int | None = None
 
@@ -584,7 +583,7 @@ class _Server:
         return f"/proc/self/fd/{self.dirfd}/{p.name}"
 
     def bind(self) -> None:
-        final = self._at(paths.container_mux_socket(self.cid))
+        final = self._at(self.config.paths.container_mux_socket(self.cid))
         tmp = f"{final}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -596,7 +595,7 @@ class _Server:
         os.rename(tmp, final)
         self.sock_ino = os.stat(final).st_ino
         self.listener = s
-        pidfile = self._at(paths.container_mux_pid(self.cid))
+        pidfile = self._at(self.config.paths.container_mux_pid(self.cid))
         with open(pidfile + ".tmp", "w") as f:
             f.write(f"{os.getpid()}\n")
         os.rename(pidfile + ".tmp", pidfile)
@@ -606,7 +605,7 @@ class _Server:
         with self.lock:
             if self.sock_ino is None:
                 return
-            final = self._at(paths.container_mux_socket(self.cid))
+            final = self._at(self.config.paths.container_mux_socket(self.cid))
             with contextlib.suppress(OSError):
                 if os.stat(final).st_ino == self.sock_ino:
                     os.unlink(final)
@@ -614,7 +613,7 @@ class _Server:
 
     def cleanup(self) -> None:
         self.retire_socket()
-        pidfile = self._at(paths.container_mux_pid(self.cid))
+        pidfile = self._at(self.config.paths.container_mux_pid(self.cid))
         with contextlib.suppress(OSError, ValueError):
             with open(pidfile) as f:
                 if int(f.read()) == os.getpid():
@@ -622,7 +621,7 @@ class _Server:
 
     def serve(self) -> str:
         """Accept sessions until the transport dies, SIGTERM, or the idle timeout; why."""
-        idle = _idle_timeout()
+        idle = _idle_timeout(self.config)
         transport = self.agent.transport
         while True:
             if select.select([self.listener], [], [], 0.5)[0]:
@@ -810,6 +809,7 @@ def main(argv: list[str]) -> int:
     cdir = os.path.abspath(argv[0])
     timeout = float(argv[1]) if len(argv) > 1 else 90.0
     cid = os.path.basename(cdir)
+    config = Config.from_environ()  # the client's, through child_environ()
     if os.fork():
         os._exit(0)  # the client waits for this one; the child serves, adopted by init
     import signal
@@ -832,13 +832,15 @@ def main(argv: list[str]) -> int:
     _log(f"starting (connect timeout {timeout:g} s)")
     _watch_folder(cdir)
     try:
-        if _cdir(cid) != cdir:
-            raise RuntimeFailure(f"{cdir} is not a container folder of {paths.state_root()}")
+        if _cdir(config, cid) != cdir:
+            raise RuntimeFailure(
+                f"{cdir} is not a container folder of {config.paths.state_root()}")
         from hv.guest.agent import Agent, endpoint
 
-        server = _Server(cid, Agent.connect(endpoint(cid), timeout=timeout))
+        server = _Server(config, cid, Agent.connect(endpoint(config.paths, cid),
+                                                    timeout=timeout))
         server.bind()
-        server.watch = _share_watch(cid)
+        server.watch = _share_watch(config, cid)
     except HvError as e:
         _log(f"not ready: {e.message}")
         answer("error " + _error_json(e))
@@ -849,7 +851,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         answer("error " + _error_json(RuntimeFailure(
             f"the container's exec multiplexer failed: {e}",
-            hint=f"read {paths.container_mux_log(cid)}")))
+            hint=f"read {config.paths.container_mux_log(cid)}")))
         return 1
     _log("ready")
     answer(f"ok {os.getpid()}")

@@ -6,15 +6,18 @@ trailing newline (the two SSH key files end in a newline, as OpenSSH writes them
 hold any byte except NUL. Linux's argv and environment are bytes, not text: an item may be
 `bytes`, or a `str` as Python decodes such bytes (undecodable ones as surrogates, PEP 383),
 written back as the original bytes (`os.fsencode`). `mounts` (absent: none) holds six
-NUL-terminated fields per mount (see `_mounts`). Flags (`tty`, `stdin_open`, `wait_attach`,
-`maintenance`) are "1" or "0"; a file the agent does not find means its default (older
-seeds).
+NUL-terminated fields per mount (see `_mounts`), `nics` two per NIC (see `_nics`), `hosts`
+the container's whole /etc/hosts (absent: the agent's default). Flags (`tty`, `stdin_open`,
+`wait_attach`, `maintenance`) are "1" or "0"; a file the agent does not find means its
+default (older seeds).
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,16 @@ class GuestMount:
 
 
 @dataclass
+class GuestNic:
+    """A NIC on an hv network (seed file `nics`): the agent finds it by MAC and gives it a
+    static address; no default route (outbound stays on the user-mode NIC)."""
+
+    mac: str  # "02:42:ac:12:00:02"
+    address: str  # "172.18.0.2"
+    prefix: int  # 16
+
+
+@dataclass
 class GuestSpec:
     container_id: str
     argv: list[str | bytes]  # ENTRYPOINT + CMD, already merged by the host; non-empty
@@ -51,6 +64,8 @@ class GuestSpec:
     authorized_keys: str = ""  # OpenSSH public key line(s) of the container's client key
     ssh_host_key: str = ""  # OpenSSH-format private host key, made (and pinned) by the host
     mounts: list[GuestMount] | None = None  # volumes and bind mounts
+    nics: list[GuestNic] | None = None  # NICs on hv networks (besides the user-mode one)
+    hosts: str | None = None  # the whole /etc/hosts; None: the agent writes its default
 
 
 def _mounts(mounts: list[GuestMount]) -> bytes:
@@ -64,6 +79,20 @@ def _mounts(mounts: list[GuestMount]) -> bytes:
             raise ValueError(f"mount field of {m!r} contains a newline")
         items += fields
     return _nul_list(items, "mounts")
+
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _nics(nics: list[GuestNic]) -> bytes:
+    """Two NUL-terminated fields per NIC: MAC (lowercase), ADDRESS/PREFIX."""
+    items: list[str | bytes] = []
+    for n in nics:
+        addr = ipaddress.ip_interface(f"{n.address}/{n.prefix}")  # raises on a bad one
+        if not MAC_RE.match(n.mac) or addr.version != 4:
+            raise ValueError(f"bad NIC {n!r}")
+        items += [n.mac, str(addr)]
+    return _nul_list(items, "nics")
 
 
 def as_bytes(value: str | bytes) -> bytes:
@@ -116,6 +145,10 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
     }
     if spec.mounts:
         files["mounts"] = _mounts(spec.mounts)
+    if spec.nics:
+        files["nics"] = _nics(spec.nics)
+    if spec.hosts is not None:
+        files["hosts"] = _text(spec.hosts, "hosts")
     # sshd runs only when both keys are there; an absent file means "no sshd".
     if spec.authorized_keys or spec.ssh_host_key:
         if not (spec.authorized_keys and spec.ssh_host_key):

@@ -18,7 +18,6 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from hv import paths
 from hv.errors import HvError, UsageError, from_os_error
 from hv.images import blobs
 from hv.images.layers import compression
@@ -72,17 +71,17 @@ class _Tar:
 
 def load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
     """Load every image of the archive; a failed load leaves no new blobs behind."""
-    before = _blob_names()
+    before = _blob_names(store)
     try:
         return _load(store, source)
     except BaseException:
-        store.forget_blobs(["sha256:" + n for n in _blob_names() - before])
+        store.forget_blobs(["sha256:" + n for n in _blob_names(store) - before])
         raise
 
 
-def _blob_names() -> set[str]:
+def _blob_names(store: ImageRecords) -> set[str]:
     try:
-        return set(os.listdir(paths.blobs_dir()))
+        return set(os.listdir(store.paths.blobs_dir()))
     except OSError:
         return set()
 
@@ -95,7 +94,7 @@ def _load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
         except FileNotFoundError as e:
             raise ArchiveError(f"open {source}: no such file or directory",
                                hint="check the path given to -i") from e
-    with blobs.temp_file(prefix="load-") as tmp:
+    with store.blobs.temp_file(prefix="load-") as tmp:
         with open(tmp, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
         if tmp.stat().st_size == 0:
@@ -124,7 +123,7 @@ def _load_file(store: ImageRecords, path: Path, file_stem: str = "", label: str 
         raise ArchiveError(f"the archive holds a document that is not valid JSON: {e}") from e
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise from_os_error(e, paths.state_root()) from e
+            raise from_os_error(e, store.paths.state_root()) from e
         raise ArchiveError(f"cannot read the archive: {e.strerror or e}") from e
     lines = []
     for image_id, tags in loaded:
@@ -160,15 +159,17 @@ def _familiar_tags(names: list[str]) -> list[str]:
     return out
 
 
-def _store_layer(tar: _Tar, name: str, digest: str | None = None) -> tuple[str, int, str]:
+def _store_layer(store: ImageRecords,
+                 tar: _Tar, name: str, digest: str | None = None) -> tuple[str, int, str]:
     with tar.open(name) as f:
-        digest, size = blobs.put_stream(f, digest)
-    with open(blobs.path(digest), "rb") as f:
+        digest, size = store.blobs.put_stream(f, digest)
+    with open(store.blobs.path(digest), "rb") as f:
         kind = compression(f)
     return digest, size, kind
 
 
-def _synth_manifest(config_digest: str, config: bytes, layers: list[tuple[str, int, str]]) -> str:
+def _synth_manifest(store: ImageRecords,
+                    config_digest: str, config: bytes, layers: list[tuple[str, int, str]]) -> str:
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -177,7 +178,7 @@ def _synth_manifest(config_digest: str, config: bytes, layers: list[tuple[str, i
             {"mediaType": LAYER_TYPES[kind], "digest": d, "size": s} for d, s, kind in layers
         ],
     }
-    return blobs.put_bytes(json.dumps(doc, separators=(",", ":")).encode())
+    return store.blobs.put_bytes(json.dumps(doc, separators=(",", ":")).encode())
 
 
 def _load_docker(store: ImageRecords, tar: _Tar) -> list[tuple[str, list[str]]]:
@@ -192,7 +193,7 @@ def _load_docker(store: ImageRecords, tar: _Tar) -> list[tuple[str, list[str]]]:
         except (KeyError, TypeError) as e:
             raise ArchiveError("manifest.json in the archive lacks Config or Layers") from e
         config = tar.read(config_name)
-        config_digest = blobs.put_bytes(config)
+        config_digest = store.blobs.put_bytes(config)
         try:
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         except (ValueError, KeyError, TypeError) as e:
@@ -203,11 +204,11 @@ def _load_docker(store: ImageRecords, tar: _Tar) -> list[tuple[str, list[str]]]:
             )
         layers = []
         for name, diff_id in zip(layer_names, diff_ids, strict=True):
-            digest, size, kind = _store_layer(tar, name)
+            digest, size, kind = _store_layer(store, tar, name)
             if kind == "none" and digest != diff_id:
                 raise ArchiveError(f"layer {name} does not match {diff_id} in the image config")
             layers.append((digest, size, kind))
-        manifest = _synth_manifest(config_digest, config, layers)
+        manifest = _synth_manifest(store, config_digest, config, layers)
         size = sum(s for _, s, _ in layers)
         _record(store, config_digest, manifest, [d for d, _, _ in layers], size, tags)
         loaded.append((config_digest, tags))
@@ -255,7 +256,7 @@ def _load_oci(store: ImageRecords, tar: _Tar, file_stem: str) -> list[tuple[str,
             digest = pick_platform(doc, "the archive", ArchiveError)
             body = tar.read(_blob_name(digest))
             doc = _object(tar, _blob_name(digest))
-        manifest_digest = blobs.put_bytes(body, digest)
+        manifest_digest = store.blobs.put_bytes(body, digest)
         try:
             config_digest = doc["config"]["digest"]
             layer_digests = [d["digest"] for d in doc["layers"]]
@@ -266,12 +267,12 @@ def _load_oci(store: ImageRecords, tar: _Tar, file_stem: str) -> list[tuple[str,
         for layer in layer_digests:
             blobs.check(layer, f"manifest {digest} in the archive", ArchiveError)
         config = tar.read(_blob_name(config_digest))
-        blobs.put_bytes(config, config_digest)
+        store.blobs.put_bytes(config, config_digest)
         size = 0
         for layer in layer_digests:
-            if not blobs.exists(layer):
-                _store_layer(tar, _blob_name(layer), layer)
-            size += blobs.path(layer).stat().st_size
+            if not store.blobs.exists(layer):
+                _store_layer(store, tar, _blob_name(layer), layer)
+            size += store.blobs.path(layer).stat().st_size
         _record(store, config_digest, manifest_digest, layer_digests, size, tags)
         loaded.append((config_digest, tags))
     if not loaded:
@@ -289,8 +290,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _add_blob(tar: tarfile.TarFile, name: str, digest: str) -> None:
-    path = blobs.path(digest)
+def _add_blob(store: ImageRecords, tar: tarfile.TarFile, name: str, digest: str) -> None:
+    path = store.blobs.path(digest)
     info = tarfile.TarInfo(name)
     info.size = path.stat().st_size
     info.mode = 0o644
@@ -309,12 +310,13 @@ def _tags_for(image: Image, name: str) -> list[str]:
     return list(image.repo_tags)
 
 
-def save(images: list[Image], names: list[str], dest: Path | BinaryIO, fmt: str) -> None:
+def save(store: ImageRecords,
+         images: list[Image], names: list[str], dest: Path | BinaryIO, fmt: str) -> None:
     if isinstance(dest, (str, Path)):
         tmp = Path(str(dest) + ".hv-tmp")
         try:
             with open(tmp, "wb") as out:
-                _write(images, names, out, fmt)
+                _write(store, images, names, out, fmt)
             tmp.replace(dest)
         except OSError as e:
             raise ArchiveError(f"cannot write {dest}: {e.strerror}",
@@ -322,29 +324,31 @@ def save(images: list[Image], names: list[str], dest: Path | BinaryIO, fmt: str)
         finally:
             tmp.unlink(missing_ok=True)
     else:
-        _write(images, names, dest, fmt)
+        _write(store, images, names, dest, fmt)
 
 
-def _write(images: list[Image], names: list[str], out: BinaryIO, fmt: str) -> None:
+def _write(store: ImageRecords,
+           images: list[Image], names: list[str], out: BinaryIO, fmt: str) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         if fmt == "oci":
-            _write_oci(tar, images, names)
+            _write_oci(store, tar, images, names)
         else:
-            _write_docker(tar, images, names)
+            _write_docker(store, tar, images, names)
 
 
-def _write_docker(tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
+def _write_docker(store: ImageRecords,
+                  tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
     manifest, repositories, written = [], {}, set()
     for image, name in zip(images, names, strict=True):
         config_name = image.id.removeprefix("sha256:") + ".json"
         if config_name not in written:
-            _add_blob(tar, config_name, image.id)
+            _add_blob(store, tar, config_name, image.id)
             written.add(config_name)
         layer_names = []
         for digest in image.layers:
             layer_name = digest.removeprefix("sha256:") + "/layer.tar"
             if layer_name not in written:
-                _add_blob(tar, layer_name, digest)
+                _add_blob(store, tar, layer_name, digest)
                 written.add(layer_name)
             layer_names.append(layer_name)
         tags = _tags_for(image, name)
@@ -358,15 +362,16 @@ def _write_docker(tar: tarfile.TarFile, images: list[Image], names: list[str]) -
         _add_bytes(tar, "repositories", json.dumps(repositories).encode())
 
 
-def _write_oci(tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
+def _write_oci(store: ImageRecords,
+               tar: tarfile.TarFile, images: list[Image], names: list[str]) -> None:
     _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
     written, descriptors = set(), []
     for image, name in zip(images, names, strict=True):
         for digest in [image.id, *image.layers, image.manifest_digest]:
             if digest not in written:
-                _add_blob(tar, _blob_name(digest), digest)
+                _add_blob(store, tar, _blob_name(digest), digest)
                 written.add(digest)
-        body = blobs.read(image.manifest_digest)
+        body = store.blobs.read(image.manifest_digest)
         media_type = json.loads(body).get("mediaType") or OCI_MANIFEST
         base = {"mediaType": media_type, "digest": image.manifest_digest, "size": len(body)}
         tags = _tags_for(image, name)

@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from hv import paths
 from hv.errors import DigestMismatch, HvError, InvalidDigest
-from hv.images import scratch
+from hv.images.scratch import Scratch
+from hv.paths import Paths
 
 
 def check(digest: object, what: str, error: type[HvError] = InvalidDigest) -> str:
@@ -32,83 +33,85 @@ def check(digest: object, what: str, error: type[HvError] = InvalidDigest) -> st
     return digest  # type: ignore[return-value]
 
 
-def path(digest: str) -> Path:
-    return paths.blob(digest)
+class Blobs:
+    """One state root's blobs (and the scratch files they are written to first)."""
 
+    def __init__(self, paths: Paths, scratch: Scratch) -> None:
+        self.paths = paths
+        self.scratch = scratch
 
-def exists(digest: str) -> bool:
-    return paths.blob(digest).is_file()
+    def path(self, digest: str) -> Path:
+        return self.paths.blob(digest)
 
+    def exists(self, digest: str) -> bool:
+        return self.paths.blob(digest).is_file()
 
-def read(digest: str) -> bytes:
-    try:
-        return paths.blob(digest).read_bytes()
-    except OSError as e:
-        raise HvError(
-            f"image content {digest} is missing from the store",
-            hint="remove the image with 'hv rmi' and pull or load it again",
-        ) from e
+    def read(self, digest: str) -> bytes:
+        try:
+            return self.paths.blob(digest).read_bytes()
+        except OSError as e:
+            raise HvError(
+                f"image content {digest} is missing from the store",
+                hint="remove the image with 'hv rmi' and pull or load it again",
+            ) from e
 
+    def temp_file(self, prefix: str = "blob-") -> contextlib.AbstractContextManager[Path]:
+        """A scratch file on the store's filesystem, removed unless the caller renamed it away
+        (locked while in use: see hv.images.scratch)."""
+        return self.scratch.file(prefix)
 
-def temp_file(prefix: str = "blob-") -> contextlib.AbstractContextManager[Path]:
-    """A scratch file on the store's filesystem, removed unless the caller renamed it away
-    (locked while in use: see hv.images.scratch)."""
-    return scratch.file(prefix)
+    def commit(self, tmp: Path, digest: str) -> Path:
+        """Move a verified temp file to its content address (atomic; a racing writer is
+        harmless)."""
+        dest = self.paths.blob(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dest)
+        return dest
 
-
-def commit(tmp: Path, digest: str) -> Path:
-    """Move a verified temp file to its content address (atomic; a racing writer is harmless)."""
-    dest = paths.blob(digest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, dest)
-    return dest
-
-
-def put_bytes(data: bytes, digest: str | None = None) -> str:
-    """Store `data`; if `digest` is given it must match. Returns the digest."""
-    actual = "sha256:" + hashlib.sha256(data).hexdigest()
-    if digest and digest != actual:
-        raise DigestMismatch(f"content {digest} does not match its digest (got {actual})")
-    if not exists(actual):
-        with temp_file() as tmp:
-            tmp.write_bytes(data)
-            commit(tmp, actual)
-    return actual
-
-
-def put_stream(
-    src: BinaryIO, digest: str | None = None, progress: Callable[[int], None] | None = None
-) -> tuple[str, int]:
-    """Copy a stream into the store, hashing as it goes; returns (digest, size)."""
-    hasher = hashlib.sha256()
-    size = 0
-    with temp_file() as tmp:
-        with open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-                if progress:
-                    progress(size)
-        actual = "sha256:" + hasher.hexdigest()
+    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
+        """Store `data`; if `digest` is given it must match. Returns the digest."""
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if digest and digest != actual:
             raise DigestMismatch(f"content {digest} does not match its digest (got {actual})")
-        if not exists(actual):
-            commit(tmp, actual)
-    return actual, size
+        if not self.exists(actual):
+            with self.temp_file() as tmp:
+                tmp.write_bytes(data)
+                self.commit(tmp, actual)
+        return actual
+
+    def put_stream(self,
+        src: BinaryIO, digest: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> tuple[str, int]:
+        """Copy a stream into the store, hashing as it goes; returns (digest, size)."""
+        hasher = hashlib.sha256()
+        size = 0
+        with self.temp_file() as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(size)
+            actual = "sha256:" + hasher.hexdigest()
+            if digest and digest != actual:
+                raise DigestMismatch(f"content {digest} does not match its digest (got {actual})")
+            if not self.exists(actual):
+                self.commit(tmp, actual)
+        return actual, size
+
+    def copy_to(self, digest: str, out: BinaryIO) -> None:
+        with open(self.paths.blob(digest), "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    def delete(self, digests: set[str]) -> None:
+        for digest in digests:
+            if not paths.is_digest(digest):
+                continue  # never a path: a malformed record must not delete anything
+            try:
+                self.paths.blob(digest).unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
-def copy_to(digest: str, out: BinaryIO) -> None:
-    with open(paths.blob(digest), "rb") as src:
-        shutil.copyfileobj(src, out, 1 << 20)
-
-
-def delete(digests: set[str]) -> None:
-    for digest in digests:
-        if not paths.is_digest(digest):
-            continue  # never a path: a malformed record must not delete anything
-        try:
-            paths.blob(digest).unlink(missing_ok=True)
-        except OSError:
-            pass

@@ -21,7 +21,6 @@ writing it, and `build` applies it again to the unpacked tree.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -62,16 +61,16 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f}TiB"  # pragma: no cover - the loop returns
 
 
-def allowed_size(compressed_bytes: int) -> int:
-    """The bytes an image's files may add up to, unpacked (see the module's docstring)."""
-    fixed = os.environ.get("HV_MAX_IMAGE_SIZE")
+def allowed_size(compressed_bytes: int, fixed: str = "") -> int:
+    """The bytes an image's files may add up to, unpacked (see the module's docstring);
+    `fixed`: HV_MAX_IMAGE_SIZE, when set."""
     if fixed:
         return parse_size(fixed, "HV_MAX_IMAGE_SIZE")
     return max(ALLOWED_FLOOR, ALLOWED_RATIO * compressed_bytes)
 
 
-def too_large_hint(compressed_bytes: int) -> str:
-    if os.environ.get("HV_MAX_IMAGE_SIZE"):
+def too_large_hint(compressed_bytes: int, fixed: str = "") -> str:
+    if fixed:
         return "HV_MAX_IMAGE_SIZE sets that limit; raise it if the image is trusted"
     return (f"hv allows {ALLOWED_RATIO} times an image's compressed layers "
             f"({human_bytes(compressed_bytes)}), at least {human_bytes(ALLOWED_FLOOR)}; "
@@ -82,42 +81,43 @@ class ImageTooLarge(DiskBuildError):
     """An image whose files unpack to more than `allowed_size` of its layers."""
 
 
-def check_size(content_bytes: int, compressed_bytes: int, image_id: str) -> None:
+def check_size(content_bytes: int, compressed_bytes: int, image_id: str,
+               fixed: str = "") -> None:
     """Refuse an unpacked tree past the allowed size, naming the image and the limit."""
-    limit = allowed_size(compressed_bytes)
+    limit = allowed_size(compressed_bytes, fixed)
     if content_bytes > limit:
         short = image_id.removeprefix("sha256:")[:12]
         raise ImageTooLarge(
             f"image {short} unpacks to {human_bytes(content_bytes)}, more than the "
             f"{human_bytes(limit)} allowed for its {human_bytes(compressed_bytes)} of layers",
-            hint=too_large_hint(compressed_bytes),
+            hint=too_large_hint(compressed_bytes, fixed),
         )
 
 
-def virtual_size(content_bytes: int) -> int:
-    """HV_DISK_SIZE (default 8 GiB), grown when the image alone would fill half of it."""
-    size = parse_size(os.environ["HV_DISK_SIZE"]) if os.environ.get("HV_DISK_SIZE") else (
-        DEFAULT_SIZE
-    )
+def virtual_size(content_bytes: int, disk_size: str = "") -> int:
+    """`disk_size` (HV_DISK_SIZE; default 8 GiB), grown when the image alone would fill half
+    of it."""
+    size = parse_size(disk_size) if disk_size else DEFAULT_SIZE
     size = max(size, 2 * content_bytes + (64 << 20))
     return (size + (1 << 20) - 1) & ~((1 << 20) - 1)
 
 
 def build(rootfs: Path, dest: Path, content_bytes: int, image_id: str,
-          compressed_bytes: int | None = None) -> None:
+          compressed_bytes: int | None = None, max_image_size: str = "",
+          disk_size: str = "") -> None:
     """Write `dest` (a fresh sparse file) as ext4 holding `rootfs`; removes it on failure.
 
     With `compressed_bytes` (the image's layers as stored), an unpacked tree of more than
     `allowed_size` of them is refused (ImageTooLarge) before anything is written."""
     if compressed_bytes is not None:
-        check_size(content_bytes, compressed_bytes, image_id)
+        check_size(content_bytes, compressed_bytes, image_id, max_image_size)
     mkfs = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
     if not mkfs:
         raise DiskBuildError("mkfs.ext4 is not installed; it builds the image's base disk")
     fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"hv:{image_id}"))
     try:
         with open(dest, "wb") as f:
-            f.truncate(virtual_size(content_bytes))
+            f.truncate(virtual_size(content_bytes, disk_size))
         proc = subprocess.run(
             [mkfs, *MKFS_FLAGS, "-U", fs_uuid, "-L", "hv-root", "-d", str(rootfs), str(dest)],
             capture_output=True,

@@ -178,12 +178,13 @@ class _Applier:
     """Applies tar layers in order onto `root`; runs inside the extraction child."""
 
     def __init__(self, root: str, privileged: bool, limit: int | None = None,
-                 compressed: int = 0) -> None:
+                 compressed: int = 0, fixed: str = "") -> None:
         self.root = root
         self.privileged = privileged
         self.dir_meta: dict[str, tarfile.TarInfo] = {}
         self.limit = limit  # bytes the image's files may add up to (None: no limit)
         self.compressed = compressed
+        self.fixed = fixed  # HV_MAX_IMAGE_SIZE, for the hint
         self.expanded = 0  # declared sizes of the regular files so far, every layer
         self.layer = 0
 
@@ -228,7 +229,7 @@ class _Applier:
                 f"the image's files add up to more than the {human_bytes(self.limit)} allowed "
                 f"for {human_bytes(self.compressed)} of layers: layer {self.layer + 1} declares "
                 f"{m.name!r} of {human_bytes(m.size)}",
-                hint=too_large_hint(self.compressed),
+                hint=too_large_hint(self.compressed, self.fixed),
             )
 
     def prune(self, rel: str, keep: set[str]) -> None:
@@ -313,7 +314,7 @@ class _Applier:
 
 
 def _child(rootfs: str, fds: list[int], report: int, limit: int | None,
-           compressed: int) -> None:
+           compressed: int, fixed: str = "") -> None:
     """Body of the extraction child; never returns."""
     code = 0
     try:
@@ -325,7 +326,7 @@ def _child(rootfs: str, fds: list[int], report: int, limit: int | None,
             os.chroot(rootfs)
             os.chdir("/")
             root = "/"
-        applier = _Applier(root, privileged, limit, compressed)
+        applier = _Applier(root, privileged, limit, compressed, fixed)
         for i, fd in enumerate(fds):
             applier.layer = i
             with os.fdopen(fd, "rb") as raw:
@@ -366,7 +367,7 @@ def _die_with(parent: int) -> None:
 
 def extract(
     layers: list[Path], rootfs: Path, on_layer: Callable[[int], None] | None = None,
-    limit: int | None = -1,
+    limit: int | None = -1, max_image_size: str = "",
 ) -> None:
     """Apply `layers` (oldest first) onto the empty directory `rootfs`.
 
@@ -385,14 +386,14 @@ def extract(
         raise LayerError(f"layer file {e.filename} cannot be opened: {e.strerror}") from e
     compressed = sum(os.fstat(fd).st_size for fd in fds)
     if limit == -1:
-        limit = allowed_size(compressed)
+        limit = allowed_size(compressed, max_image_size)
     read_end, write_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
         _die_with(parent)
-        _child(str(rootfs), fds, write_end, limit, compressed)
+        _child(str(rootfs), fds, write_end, limit, compressed, max_image_size)
     os.close(write_end)
     for fd in fds:
         os.close(fd)

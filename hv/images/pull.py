@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from hv import paths
 from hv.errors import HvError, RegistryError
 from hv.images import blobs
 from hv.images.model import Image, Progress, PullEvent
@@ -66,7 +65,8 @@ def pull(store: ImageRecords, text: str, emit: Progress) -> Image:
 def _pull(store: ImageRecords, text: str, emit: Progress, stored: list[str]) -> Image:
     ref = Reference.parse(text)
     what = ref.familiar()
-    client = RegistryClient(ref.registry, ref.repository)
+    client = RegistryClient(ref.registry, ref.repository, store.config.insecure_registries,
+                            store.config.docker_config)
     emit(PullEvent("", f"{ref.tag or ref.digest}: Pulling from {ref.repository}"))
 
     body, media_type, top_digest = client.get_manifest(ref.reference)
@@ -92,25 +92,25 @@ def _pull(store: ImageRecords, text: str, emit: Progress, stored: list[str]) -> 
         blobs.check(digest, f"a layer of {what}", RegistryError)
 
     for digest, data in ((config_digest, None), (manifest_digest, body)):
-        if not blobs.exists(digest):
-            blobs.put_bytes(data if data is not None else client.get_blob(digest), digest)
+        if not store.blobs.exists(digest):
+            store.blobs.put_bytes(data if data is not None else client.get_blob(digest), digest)
             stored.append(digest)
 
     pending = []
     for digest, size in layer_descs:
-        if blobs.exists(digest):
+        if store.blobs.exists(digest):
             emit(PullEvent(_short(digest), "Already exists"))
         else:
             emit(PullEvent(_short(digest), "Pulling fs layer", 0, size))
             pending.append((digest, size))
     for digest, size in pending:
         short = _short(digest)
-        with blobs.temp_file() as tmp:
+        with store.blobs.temp_file() as tmp:
             client.download_blob(
                 digest, tmp, lambda n, s=short, t=size: emit(PullEvent(s, "Downloading", n, t))
             )
             emit(PullEvent(short, "Verifying Checksum", size, size))
-            blobs.commit(tmp, digest)
+            store.blobs.commit(tmp, digest)
             stored.append(digest)
         emit(PullEvent(short, "Download complete", size, size))
 
@@ -124,7 +124,7 @@ def _pull(store: ImageRecords, text: str, emit: Progress, stored: list[str]) -> 
 
     # the disk first, then the record: an image is listed only once it can run
     built = None
-    if pending or not paths.base_disk(config_digest).exists():
+    if pending or not store.paths.base_disk(config_digest).exists():
         emit(PullEvent("", "Building disk"))
         _disk, built = store.build_disk(config_digest, layers, extracted)
     tags = [ref.familiar()] if ref.tag and not ref.digest else []

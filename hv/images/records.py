@@ -17,11 +17,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hv import paths
+from hv.config import Config
 from hv.errors import HvError, ImageNotFound, Interrupted, UsageError, from_os_error
-from hv.images import blobs, index, scratch
+from hv.images import blobs
+from hv.images.blobs import Blobs
+from hv.images.index import Index
 from hv.images.model import Image, parse_created
 from hv.images.reference import Reference
+from hv.images.scratch import Scratch
+from hv.paths import is_digest
 
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 
@@ -31,8 +35,13 @@ class ImageRecords:
     disks by path (the folder is 0711 then, never listable); otherwise the folder is 0700:
     a privately pulled image is its owner's alone, as the container folders are."""
 
-    def __init__(self, root: Path, qemu_reads_by_path: bool = False) -> None:
-        self.root = Path(root)
+    def __init__(self, config: Config, qemu_reads_by_path: bool = False) -> None:
+        self.config = config
+        self.paths = config.paths
+        self.root = self.paths.images_root()
+        self.scratch = Scratch(self.paths)
+        self.blobs = Blobs(self.paths, self.scratch)
+        self.index = Index(self.paths)
         self.mode = 0o711 if qemu_reads_by_path else 0o700
 
     def _prepare(self) -> None:
@@ -45,7 +54,7 @@ class ImageRecords:
 
     def _image(self, image_id: str, record: dict) -> Image:
         try:
-            config = json.loads(blobs.read(image_id))
+            config = json.loads(self.blobs.read(image_id))
         except ValueError:
             config = {}
         return Image(
@@ -90,19 +99,19 @@ class ImageRecords:
         raise ImageNotFound(f"No such image: {text}")
 
     def get(self, name_or_id: str) -> Image:
-        data = index.load()
+        data = self.index.load()
         image_id, _ = self._resolve(data, name_or_id)
         return self._image(image_id, data["images"][image_id])
 
     def exists(self, name_or_id: str) -> bool:
         try:
-            self._resolve(index.load(), name_or_id)
+            self._resolve(self.index.load(), name_or_id)
         except ImageNotFound:
             return False
         return True
 
     def list(self) -> list[Image]:
-        data = index.load()
+        data = self.index.load()
         out = [self._image(i, rec) for i, rec in data["images"].items()]
         epoch = datetime.fromtimestamp(0, UTC)
         out.sort(key=lambda im: (im.created or epoch, im.id), reverse=True)
@@ -134,8 +143,8 @@ class ImageRecords:
         """Record an image whose blobs are all stored. Returns False if tags already matched."""
         for digest in [image_id, manifest_digest, *layers]:
             blobs.check(digest, "an image record")
-        with index.transaction() as data:
-            missing = [d for d in [image_id, manifest_digest, *layers] if not blobs.exists(d)]
+        with self.index.transaction() as data:
+            missing = [d for d in [image_id, manifest_digest, *layers] if not self.blobs.exists(d)]
             if missing:
                 raise HvError(
                     f"image content {missing[0]} vanished while the image was stored",
@@ -152,49 +161,48 @@ class ImageRecords:
             self._claim(data, image_id, tags, digests)
         return not up_to_date
 
-    @staticmethod
-    def forget_blobs(digests: list[str]) -> None:
+    def forget_blobs(self, digests: list[str]) -> None:
         """Delete blobs of an aborted pull/load that no recorded image refers to."""
-        with index.locked():
-            data = index.load()
+        with self.index.locked():
+            data = self.index.load()
             used = set()
             for image_id, rec in data["images"].items():
                 used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
-            blobs.delete(set(digests) - used)
+            self.blobs.delete(set(digests) - used)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Around a pull or load: first the leftovers of killed ones go (scratch files whose
         owner is gone, blobs no record names), then this one is marked in progress."""
         self._prepare()
-        scratch.sweep()
+        self.scratch.sweep()
         self.prune_orphans()
-        with open(paths.image_writers_lock(), "a") as lock:
+        with open(self.paths.image_writers_lock(), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_SH)
             yield
 
     def prune_orphans(self) -> list[str]:
         """Delete blobs no image record names (left by a pull or load that was killed);
         skipped while another pull or load is in progress. Returns the digests removed."""
-        if not paths.images_root().is_dir():
+        if not self.paths.images_root().is_dir():
             return []
-        with open(paths.image_writers_lock(), "a") as lock:
+        with open(self.paths.image_writers_lock(), "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return []
-            with index.locked():
-                data = index.load()
+            with self.index.locked():
+                data = self.index.load()
                 used = set()
                 for image_id, rec in data["images"].items():
                     used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
                 try:
-                    names = os.listdir(paths.blobs_dir())
+                    names = os.listdir(self.paths.blobs_dir())
                 except OSError:
                     names = []
                 orphans = {"sha256:" + n for n in names} - used
-                blobs.delete(orphans)
-        return sorted(o for o in orphans if paths.is_digest(o))
+                self.blobs.delete(orphans)
+        return sorted(o for o in orphans if is_digest(o))
 
     # --- pull ---------------------------------------------------------------------------
 
@@ -203,7 +211,7 @@ class ImageRecords:
         (images pulled or loaded by this hv have one already: see build_disk)."""
         dest, size = self.build_disk(image.id, image.layers, on_layer)
         if size is not None:
-            with index.transaction() as data:
+            with self.index.transaction() as data:
                 if image.id in data["images"]:
                     data["images"][image.id]["size"] = size
             image.size = size
@@ -215,35 +223,38 @@ class ImageRecords:
         """Build the base disk of an image whose blobs are stored; (path, the unpacked size,
         or None when the disk existed). pull and load call it before the image is recorded,
         so an image is listed only once it can run."""
-        dest = paths.base_disk(image_id)
+        dest = self.paths.base_disk(image_id)
         if dest.exists():
             return dest, None
         from hv.images import disk, layers
 
         self._prepare()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(paths.base_disk_lock(image_id), "a") as lock:
+        with open(self.paths.base_disk_lock(image_id), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if dest.exists():
                 return dest, None
             try:
-                with scratch.folder("rootfs-") as work:
+                with self.scratch.folder("rootfs-") as work:
                     rootfs = work / "rootfs"
                     rootfs.mkdir(mode=0o755)
-                    layers.extract([blobs.path(d) for d in layer_digests], rootfs, on_layer)
+                    layers.extract([self.blobs.path(d) for d in layer_digests], rootfs, on_layer,
+                                   max_image_size=self.config.max_image_size)
                     size = layers.tree_size(rootfs)
                     tmp_disk = work / "disk.ext4"
-                    compressed = sum(blobs.path(d).stat().st_size for d in layer_digests)
-                    disk.build(rootfs, tmp_disk, size, image_id, compressed_bytes=compressed)
+                    compressed = sum(self.blobs.path(d).stat().st_size for d in layer_digests)
+                    disk.build(rootfs, tmp_disk, size, image_id, compressed_bytes=compressed,
+                               max_image_size=self.config.max_image_size,
+                               disk_size=self.config.disk_size)
                     os.replace(tmp_disk, dest)
             except KeyboardInterrupt:
                 raise Interrupted("interrupted while building the image's base disk") from None
             except OSError as e:
-                raise from_os_error(e, paths.state_root()) from e
+                raise from_os_error(e, self.paths.state_root()) from e
         return dest, size
 
     def forget_disk(self, image_id: str) -> None:
         """Remove a base disk built for an image that was then not recorded."""
-        paths.base_disk(image_id).unlink(missing_ok=True)
-        paths.base_overlay(paths.base_disk(image_id)).unlink(missing_ok=True)
-        paths.base_disk_lock(image_id).unlink(missing_ok=True)
+        self.paths.base_disk(image_id).unlink(missing_ok=True)
+        self.paths.base_overlay(self.paths.base_disk(image_id)).unlink(missing_ok=True)
+        self.paths.base_disk_lock(image_id).unlink(missing_ok=True)

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -44,9 +43,8 @@ def _hostname(host: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
-def is_insecure(registry: str) -> bool:
-    """Plain HTTP only for loopback registries and those named in HV_INSECURE_REGISTRIES."""
-    listed = {h.strip() for h in os.environ.get("HV_INSECURE_REGISTRIES", "").split(",")}
+def is_insecure(registry: str, listed: frozenset[str] = frozenset()) -> bool:
+    """Plain HTTP only for loopback registries and those `listed` (HV_INSECURE_REGISTRIES)."""
     name = _hostname(registry)
     if registry in listed or name in listed:
         return True
@@ -62,9 +60,9 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _credentials(registry: str) -> tuple[str, str] | None:
-    """user/password for `registry` from ~/.docker/config.json `auths`, if any."""
-    config = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+def _credentials(registry: str, docker_config: Path) -> tuple[str, str] | None:
+    """user/password for `registry` from DOCKER_CONFIG/config.json `auths`, if any."""
+    config = docker_config / "config.json"
     try:
         auths = json.loads(config.read_text()).get("auths", {})
     except (OSError, ValueError, AttributeError):
@@ -92,16 +90,17 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class RegistryClient:
     """Talks to one repository of one registry."""
 
-    def __init__(self, registry: str, repository: str) -> None:
+    def __init__(self, registry: str, repository: str, insecure: frozenset[str] = frozenset(),
+                 docker_config: Path = Path("~/.docker")) -> None:
         self.registry = registry
         self.repository = repository
         self.host = registry_host(registry)
-        scheme = "http" if is_insecure(registry) else "https"
+        scheme = "http" if is_insecure(registry, insecure) else "https"
         self.base = f"{scheme}://{self.host}/v2/{repository}"
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "hv/0.1"
         self._auth_header: str | None = None
-        self._creds = _credentials(registry)
+        self._creds = _credentials(registry, docker_config.expanduser())
 
     # --- HTTP with auth and error translation -----------------------------------------
 

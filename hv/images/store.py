@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hv.errors import Conflict, Interrupted, UsageError
-from hv.images import archive, blobs, index
+from hv.images import archive
 from hv.images import pull as pulling
 from hv.images.model import Image, Progress, PullEvent
 from hv.images.records import _HEX_PREFIX, ImageRecords
@@ -35,7 +35,7 @@ class ImageStore(ImageRecords):
                 f"refusing to create a tag with a digest reference: {target}",
                 hint="give the target as NAME[:TAG]",
             )
-        with index.transaction() as data:
+        with self.index.transaction() as data:
             image_id, _ = self._resolve(data, source)
             self._claim(data, image_id, [ref.familiar()], [])
 
@@ -48,7 +48,7 @@ class ImageStore(ImageRecords):
             # Docker reports a malformed name as such, e.g. the `IMAGE` header word that
             # `docker images | awk '{print $3}'` hands to rmi: "invalid reference format"
             Reference.parse(name_or_id)
-        with index.transaction() as data:
+        with self.index.transaction() as data:
             image_id, key = self._resolve(data, name_or_id)
             rec = data["images"][image_id]
             tags, digests = rec.setdefault("repo_tags", []), rec.setdefault("repo_digests", [])
@@ -91,7 +91,8 @@ class ImageStore(ImageRecords):
             still = set()
             for other_id, other in data["images"].items():
                 still |= {other_id, other.get("manifest", ""), *other.get("layers", [])}
-            blobs.delete({image_id, rec.get("manifest", ""), *rec.get("layers", [])} - still - {""})
+            self.blobs.delete(
+                {image_id, rec.get("manifest", ""), *rec.get("layers", [])} - still - {""})
             if not in_use:
                 self.forget_disk(image_id)
         return out
@@ -117,7 +118,7 @@ class ImageStore(ImageRecords):
             raise UsageError(f"unknown save format {fmt!r}", hint="use --format docker or oci")
         images = [self.get(n) for n in names]
         try:
-            archive.save(images, names, dest, fmt)
+            archive.save(self, images, names, dest, fmt)
         except KeyboardInterrupt:
             raise Interrupted("save interrupted") from None
 

@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hv import paths
 from hv.errors import UsageError
+from hv.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ def _kvm_opens() -> bool:
     return True
 
 
-def _probe_boots() -> bool:
+def _probe_boots(kernel: Path) -> bool:
     """Boot the guest kernel under KVM with no root: it must panic and exit quickly."""
-    kernel = paths.guest_kernel()
     if not kernel.exists():
         return False
     cmd = [
@@ -66,8 +65,8 @@ def _probe_boots() -> bool:
     return proc.returncode == 0
 
 
-def detect() -> Accel:
-    forced = os.environ.get("HV_ACCEL", "").strip().lower()
+def detect(paths: Paths, forced: str = "") -> Accel:
+    """KVM if it really runs guests here, else TCG; `forced`: HV_ACCEL. Cached per root."""
     if forced:
         if forced not in ("kvm", "tcg"):
             raise UsageError(f"HV_ACCEL={forced!r} is not kvm or tcg", hint="unset HV_ACCEL")
@@ -82,7 +81,7 @@ def detect() -> Accel:
         verdict = Accel("tcg", "the CPU shows no vmx/svm flag, so KVM cannot run guests here")
     elif not _kvm_opens():
         verdict = Accel("tcg", "/dev/kvm is missing or not accessible")
-    elif not _probe_boots():
+    elif not _probe_boots(paths.guest_kernel()):
         verdict = Accel("tcg", "a KVM probe guest did not boot")
     else:
         verdict = Accel("kvm", "hardware virtualization works")

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hv import paths
-from hv.errors import RuntimeFailure
+from hv.errors import RuntimeFailure, translate
+from hv.paths import Paths
 
 LOCK_WAIT_SECONDS = 60.0
 
@@ -40,15 +40,92 @@ cgroup_controllers = []
 """
 
 
-def uri() -> str:
-    return os.environ.get("HV_HOST") or f"qemu:///embed?root={paths.libvirt_root()}"
+class Libvirt:
+    """One state root's libvirt: the embedded driver under it, or a daemon at `host`.
+
+    Holds what a process keeps between operations: the imported module and a connection
+    being opened ahead (`preopen`). Built once by the engine from its Config.
+    """
+
+    def __init__(self, paths: Paths, host: str | None = None) -> None:
+        self.paths = paths
+        self.uri = host or f"qemu:///embed?root={paths.libvirt_root()}"
+        self.embedded = self.uri.startswith("qemu:///embed")
+        self._module = None
+        self._preopened: Opened | None = None
+        # The parent's ends of every Opened's pipes, so that a child forked by another
+        # thread (the Engine API serves each connection on a thread) closes them: a child
+        # holding a copy of another's request pipe keeps that one from ever reading EOF,
+        # and both wait for the root's lock until it times out (seen: 3 of 4 concurrent
+        # `docker run`s failed after 60 s).
+        self.forking = threading.Lock()
+        self.pipe_ends: set[int] = set()
+
+    def module(self):
+        """Import libvirt once, its logs sent to a file and its error printer silenced."""
+        if self._module is None:
+            self.paths.state_root().mkdir(parents=True, exist_ok=True)
+            # read by libvirt's C library when it loads, so it must be in the environment
+            os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{self.paths.libvirt_log()}")
+            import libvirt
+
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            libvirt.virEventRegisterDefaultImpl()
+            self._module = libvirt
+        return self._module
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[object]:
+        """A libvirt connection for one operation; closed (and the root released) on exit."""
+        libvirt = self.module()
+        lock = contextlib.nullcontext()
+        if self.embedded:
+            _prepare_embed_root(self.paths)
+            lock = _queue_lock(self.paths.libvirt_root() / "hv.lock")
+        with lock:
+            if self.embedded:
+                _wait_driver_released(self.paths.libvirt_root())
+            conn = _open(libvirt, self.uri)
+            try:
+                yield conn
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def call(self, fn, *args):
+        """Run `fn(conn, *args)` with a fresh connection; in a forked child for embedded
+        roots. The result and any HvError come back pickled; anything else becomes a
+        RuntimeFailure. A connection opened ahead (`preopen`) is let go first: its child
+        holds the root's lock until it gets a request, so waiting for the lock beside it
+        would never end."""
+        self.drop_preopened()
+        return Opened(self).call(fn, *args)
+
+    def preopen(self) -> None:
+        """Start opening libvirt now, for the one call a command is about to make.
+
+        `hv run` calls this first thing, so libvirt's import and driver start-up (~40 ms)
+        run on the second core while Python imports the CLI and makes the disk and seed.
+        The command takes it with `take_preopened`; one never taken ends with the process.
+        """
+        if self._preopened is None and self.embedded:
+            # what unpickling a domains.start request imports, ready before it comes
+            self._preopened = Opened(self, import_here=False, warm=(
+                "hv.runtime.domains", "hv.runtime.forwards", "libvirt_qemu"))
+
+    def take_preopened(self) -> Opened | None:
+        """The connection `preopen` started (once), or None."""
+        opened, self._preopened = self._preopened, None
+        return opened
+
+    def drop_preopened(self) -> None:
+        """Let a pre-opened connection go unused (before a long step or another call)."""
+        opened = self.take_preopened()
+        if opened is not None:
+            opened.close()
 
 
-def is_embedded(u: str | None = None) -> bool:
-    return (u or uri()).startswith("qemu:///embed")
-
-
-def _prepare_embed_root() -> None:
+def _prepare_embed_root(paths: Paths) -> None:
     real, root = paths.libvirt_root_dir(), paths.libvirt_root()
     if root != real:  # a short symlink for a long state root (socket path limit)
         real.mkdir(parents=True, exist_ok=True)
@@ -79,23 +156,6 @@ def _prune_dangling(made: Path) -> None:
                     link.unlink()
 
 
-_libvirt = None
-
-
-def libvirt_module():
-    """Import libvirt once, its logs sent to a file and its error printer silenced."""
-    global _libvirt
-    if _libvirt is None:
-        paths.state_root().mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{paths.libvirt_log()}")
-        import libvirt
-
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        libvirt.virEventRegisterDefaultImpl()
-        _libvirt = libvirt
-    return _libvirt
-
-
 @contextlib.contextmanager
 def _queue_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,26 +177,6 @@ def _queue_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def connect() -> Iterator[object]:
-    """A libvirt connection for one operation; closed (and the root released) on exit."""
-    libvirt = libvirt_module()
-    u = uri()
-    lock = contextlib.nullcontext()
-    if is_embedded(u):
-        _prepare_embed_root()
-        lock = _queue_lock(paths.libvirt_root() / "hv.lock")
-    with lock:
-        if is_embedded(u):
-            _wait_driver_released(paths.libvirt_root())
-        conn = _open(libvirt, u)
-        try:
-            yield conn
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 def _wait_driver_released(root: Path) -> None:
@@ -178,60 +218,10 @@ def _open(libvirt, u: str):
     try:
         return libvirt.open(u)
     except libvirt.libvirtError as e:
-        raise RuntimeFailure(
-            f"cannot open libvirt at {u}: {first_line(str(e))}",
-            hint="check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
-            "('make setup')",
-        ) from None
-
-
-def call(fn, *args):
-    """Run `fn(conn, *args)` with a fresh connection; in a forked child for embedded roots.
-
-    The result and any HvError come back pickled; anything else becomes a RuntimeFailure.
-    A connection opened ahead (`preopen`) is let go first: its child holds the root's lock
-    until it gets a request, so waiting for the lock beside it would never end.
-    """
-    drop_preopened()
-    return Opened().call(fn, *args)
-
-
-_preopened: Opened | None = None
-
-# The parent's ends of every Opened's pipes, so that a child forked by another thread (the
-# Engine API serves each connection on a thread) closes them: a child holding a copy of
-# another's request pipe keeps that one from ever reading EOF, and both wait for the root's
-# lock until it times out (seen: 3 of 4 concurrent `docker run`s failed after 60 s).
-_forking = threading.Lock()
-_parent_ends: set[int] = set()
-
-
-def preopen() -> None:
-    """Start opening libvirt now, for the one call a command is about to make.
-
-    `hv run` calls this first thing, so libvirt's import and driver start-up (~40 ms) run
-    on the second core while Python imports the CLI and makes the disk and seed. The
-    command takes it with `take_preopened`; one it never takes ends with the process.
-    """
-    global _preopened
-    if _preopened is None and is_embedded():
-        # what unpickling a domains.start request imports, ready before it comes
-        _preopened = Opened(import_here=False, warm=("hv.runtime.domains", "hv.runtime.forwards",
-                                                     "libvirt_qemu"))
-
-
-def take_preopened() -> Opened | None:
-    """The connection `preopen` started (once), or None."""
-    global _preopened
-    opened, _preopened = _preopened, None
-    return opened
-
-
-def drop_preopened() -> None:
-    """Let a pre-opened connection go unused (before a long step or another call)."""
-    opened = take_preopened()
-    if opened is not None:
-        opened.close()
+        err = translate(e, f"cannot open libvirt at {u}")
+        err.hint = ("check HV_HOST/-H, and that qemu-system-x86 and libvirt are installed "
+                    "('make setup')")
+        raise err from None
 
 
 class Opened:
@@ -244,28 +234,30 @@ class Opened:
     child go without doing anything.
     """
 
-    def __init__(self, import_here: bool = True, warm: tuple[str, ...] = ()) -> None:
+    def __init__(self, lv: Libvirt, import_here: bool = True,
+                 warm: tuple[str, ...] = ()) -> None:
         """`import_here`: import libvirt in this process first (~15 ms), so that every later
         child inherits it; False imports it in the child only, off the caller's path.
         `warm`: modules the child imports once libvirt is open, while the request is made."""
+        self.lv = lv
         self.pid = 0
-        if not is_embedded():
+        if not lv.embedded:
             return
-        paths.state_root().mkdir(parents=True, exist_ok=True)
+        lv.paths.state_root().mkdir(parents=True, exist_ok=True)
         if import_here:
-            libvirt_module()
-        with _forking:  # pipes made and registered, fork: one thread at a time
+            lv.module()
+        with lv.forking:  # pipes made and registered, fork: one thread at a time
             req_r, self._req = os.pipe()
             self._res, res_w = os.pipe()
-            others = set(_parent_ends)
+            others = set(lv.pipe_ends)
             self.pid = os.fork()
             if self.pid != 0:
-                _parent_ends.update((self._req, self._res))
+                lv.pipe_ends.update((self._req, self._res))
         if self.pid == 0:  # child: never returns, whatever happens (a parent gone on ^C)
             try:
                 os.close(self._req)
                 os.close(self._res)
-                for fd in others:  # other threads' Opened pipes (see _parent_ends)
+                for fd in others:  # other threads' Opened pipes (see Libvirt.pipe_ends)
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 # answers go through the pipe; `hv run … | cat` must not wait for this child
@@ -275,7 +267,7 @@ class Opened:
                         os.dup2(null, fd)
                 if null > 2:
                     os.close(null)
-                _serve_one(req_r, res_w, warm)
+                _serve_one(lv, req_r, res_w, warm)
             finally:
                 os._exit(1)
         os.close(req_r)
@@ -285,22 +277,22 @@ class Opened:
         import pickle
 
         if not self.pid:
-            with connect() as conn:
+            with self.lv.connect() as conn:
                 return fn(conn, *args)
         pid, self.pid = self.pid, 0
         try:
-            with _forking:
-                _parent_ends.discard(self._req)
+            with self.lv.forking:
+                self.lv.pipe_ends.discard(self._req)
             with os.fdopen(self._req, "wb") as f:
                 f.write(pickle.dumps((fn, args)))
         except BrokenPipeError:
             pass  # the child died; _collect says so
-        with _forking:
-            _parent_ends.discard(self._res)
+        with self.lv.forking:
+            self.lv.pipe_ends.discard(self._res)
         data = _collect(self._res, pid)
         if not data:
             raise RuntimeFailure("the libvirt helper process died",
-                                 hint=f"read {paths.libvirt_log()}")
+                                 hint=f"read {self.lv.paths.libvirt_log()}")
         ok, value = pickle.loads(data)
         if ok:
             return value
@@ -309,8 +301,8 @@ class Opened:
     def close(self) -> None:
         if self.pid:
             pid, self.pid = self.pid, 0
-            with _forking:
-                _parent_ends.difference_update((self._req, self._res))
+            with self.lv.forking:
+                self.lv.pipe_ends.difference_update((self._req, self._res))
             os.close(self._req)
             _collect(self._res, pid)
 
@@ -319,7 +311,7 @@ class Opened:
             self.close()
 
 
-def _serve_one(req_r: int, res_w: int, warm: tuple[str, ...] = ()) -> None:
+def _serve_one(lv: Libvirt, req_r: int, res_w: int, warm: tuple[str, ...] = ()) -> None:
     """The child of `Opened`: connect, run the one request that comes (if any), answer."""
     import importlib
     import pickle
@@ -332,7 +324,7 @@ def _serve_one(req_r: int, res_w: int, warm: tuple[str, ...] = ()) -> None:
         return pickle.loads(data) if data else None
 
     try:
-        with connect() as conn:
+        with lv.connect() as conn:
             for module in warm:
                 importlib.import_module(module)
             request = read_request()
@@ -398,3 +390,38 @@ def reap_children() -> list[int]:
 
 def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+# --- libvirt errors: caught here, translated by hv.errors.translate --------------------------
+
+
+def lookup(conn, name: str):
+    """The domain `name`, or None when libvirt has none (any more); other errors raised
+    as HvError."""
+    import libvirt  # loaded already: `conn` is open
+
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise translate(e, f"cannot look up the VM {name}") from None
+
+
+def attempt(fn, default=None, doing: str = ""):
+    """`fn()`; when libvirt refuses: `default` (a best-effort query), or with `doing` the
+    translated HvError raised."""
+    import libvirt
+
+    try:
+        return fn()
+    except libvirt.libvirtError as e:
+        if doing:
+            raise translate(e, doing) from None
+        return default
+
+
+def no_domain(err: BaseException) -> bool:
+    """Is `err` libvirt saying the domain does not exist (a transient one that exited)?"""
+    code = getattr(err, "get_error_code", lambda: None)()
+    return code == 42  # VIR_ERR_NO_DOMAIN

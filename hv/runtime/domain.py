@@ -100,6 +100,33 @@ class UserNetwork:
 
 
 @dataclass
+class EthernetInterface:
+    """A NIC on an hv network: a tap hv made beforehand (the embedded driver has no network
+    driver), so libvirt only opens it (`managed='no'`) and never creates or deletes it. The
+    guest agent finds the NIC by its MAC. The user-mode NIC stays first and keeps the
+    agent's SSH, -p and outbound traffic."""
+
+    tap: str
+    mac: str
+    model: str = "virtio"
+
+    def element(self, devices: ET.Element) -> None:
+        iface = _sub(devices, "interface", type="ethernet")
+        _sub(iface, "mac", address=self.mac)
+        _sub(iface, "target", dev=self.tap, managed="no")
+        _sub(iface, "model", type=self.model)
+        _sub(iface, "rom", enabled="no")
+
+    def to_xml(self) -> str:
+        """The <interface> alone, for a hot-plug (libvirt attachDevice)."""
+        holder = ET.Element("devices")
+        self.element(holder)
+        el = holder[0]
+        ET.indent(el)
+        return ET.tostring(el, encoding="unicode") + "\n"
+
+
+@dataclass
 class Rng:
     """virtio-rng: without it the agent's sshd waits ~1 s under TCG for the guest's CRNG."""
 
@@ -180,6 +207,7 @@ class DomainSpec:
     channels: list[FileChannel] = field(default_factory=list)
     serial: FileSerial | None = None
     network: UserNetwork | None = None
+    interfaces: list[EthernetInterface] = field(default_factory=list)  # after `network`
     rng: Rng | None = None
     balloon: Balloon | None = None  # None: <memballoon model='none'/>
     filesystems: list[Filesystem] = field(default_factory=list)
@@ -226,6 +254,8 @@ class DomainSpec:
         _sub(devices, "controller", type="usb", model="none")
         if self.network is not None:
             self.network.element(devices)
+        for iface in self.interfaces:
+            iface.element(devices)
         if self.serial is not None:
             self.serial.element(devices)
         for ch in self.channels:

@@ -1,6 +1,7 @@
 """Domains as hv sees them: define, start, stop, list; libvirt errors translated here.
 
-Each public function is one libvirt operation run through `connection.call`, so on the
+Each public function takes the root's `Libvirt` and is one libvirt operation run through
+its `call`, so on the
 embedded driver the root's lock is held only while it runs.
 """
 
@@ -11,9 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from hv import paths
-from hv.errors import Conflict, RuntimeFailure
-from hv.runtime.connection import Opened, call, first_line, is_embedded, libvirt_module
+from hv.errors import Conflict, translate
+from hv.runtime.connection import Libvirt, Opened, attempt, lookup, no_domain
 from hv.runtime.domain import read_metadata, record_of, report_io_errors
 
 
@@ -40,7 +40,8 @@ _PAUSED_REASONS = {1: "user", 2: "migration", 3: "ioerror", 4: "watchdog", 6: "d
 
 
 def _list(conn) -> tuple[list[DomainInfo], bool]:
-    libvirt = libvirt_module()
+    import libvirt  # loaded already: `conn` is open
+
     out = []
     complete = True
     for dom in conn.listAllDomains():
@@ -51,7 +52,7 @@ def _list(conn) -> tuple[list[DomainInfo], bool]:
             persistent = bool(dom.isPersistent())
         except libvirt.libvirtError as e:
             # a transient domain that just exited vanishes; anything else: look again
-            complete = complete and e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+            complete = complete and no_domain(e)
             continue
         record = read_metadata(xml)
         if record is None:
@@ -63,17 +64,17 @@ def _list(conn) -> tuple[list[DomainInfo], bool]:
     return out, complete
 
 
-def list_domains() -> list[DomainInfo]:
+def list_domains(lv: Libvirt) -> list[DomainInfo]:
     """Every domain carrying an hv record; other VMs on a shared libvirt are ignored."""
-    if is_embedded():
-        return _list_files()
-    infos, complete = call(_list)
+    if lv.embedded:
+        return _list_files(lv)
+    infos, complete = lv.call(_list)
     if not complete:  # a domain changed state while we looked: look once more
-        infos, _ = call(_list)
+        infos, _ = lv.call(_list)
     return infos
 
 
-def _list_files() -> list[DomainInfo]:
+def _list_files(lv: Libvirt) -> list[DomainInfo]:
     """The embedded root's domains read from its files, without taking its lock.
 
     Opening an embedded root costs a fork, libvirt's start-up and a reconnect to every
@@ -86,7 +87,7 @@ def _list_files() -> list[DomainInfo]:
     """
     import xml.etree.ElementTree as ET
 
-    root = paths.libvirt_root()
+    root = lv.paths.libvirt_root()
     found: dict[str, DomainInfo] = {}
     for folder, status in ((root / "etc" / "qemu", False), (root / "run" / "qemu", True)):
         try:
@@ -220,15 +221,15 @@ def _qmp_status(buf: bytearray) -> str | None:
     return None
 
 
-def dead_shares(info: DomainInfo) -> list[str]:
+def dead_shares(lv: Libvirt, info: DomainInfo) -> list[str]:
     """Tags of the running domain's virtiofs shares whose virtiofsd is gone.
 
     libvirt starts one virtiofsd per share and records its pid in
     run/qemu/ID-NAME-ALIAS-fs.pid (the name cut at 20 characters); the process must be
     alive and be a virtiofsd (not a stranger that got the pid)."""
-    if not (info.active and info.shares and info.dom_id and is_embedded()):
+    if not (info.active and info.shares and info.dom_id and lv.embedded):
         return []
-    folder = paths.libvirt_root() / "run" / "qemu"
+    folder = lv.paths.libvirt_root() / "run" / "qemu"
     dead = []
     for alias, tag in info.shares:
         pidfile = folder / f"{info.dom_id}-{info.name[:20]}-{alias}-fs.pid"
@@ -250,7 +251,8 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> list:
-    libvirt = libvirt_module()
+    import libvirt  # loaded already: `conn` is open
+
     try:
         if xml is None:
             dom = conn.lookupByName(name)
@@ -264,8 +266,7 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
             try:
                 dom.create()
             except libvirt.libvirtError:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.undefine()
+                attempt(dom.undefine)
                 raise
         else:
             dom = conn.createXML(xml, 0)
@@ -273,7 +274,7 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
         if xml is not None and "already exists" in str(e):
             raise Conflict(f'The container name "/{name}" is already in use',
                            hint="remove that container or choose another --name") from None
-        raise RuntimeFailure(f"cannot start the VM: {first_line(str(e))}") from None
+        raise translate(e, "cannot start the VM") from None
     if not fwds:
         return []
     from hv.runtime.forwards import add_on
@@ -285,85 +286,77 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
         raise
 
 
-def start(xml: str, name: str, persistent: bool, forwards: list | None = None,
+def start(lv: Libvirt, xml: str, name: str, persistent: bool, forwards: list | None = None,
           via: Opened | None = None) -> list:
     """Define and start (persistent) or create (transient: gone when it powers off), then
     add `forwards` (hv.runtime.forwards.Forward) in the same libvirt session; the forwards
     as bound. A forward that fails takes the new domain down again. `via`: a connection
     opened ahead (hv.runtime.connection.Opened)."""
-    return (via or Opened()).call(_start, xml, name, persistent, list(forwards or []))
+    return (via or Opened(lv)).call(_start, xml, name, persistent, list(forwards or []))
 
 
-def start_defined(name: str, forwards: list | None = None) -> list:
+def start_defined(lv: Libvirt, name: str, forwards: list | None = None) -> list:
     """Boot a defined (stopped) domain again, with its forwards (see `start`)."""
-    return call(_start, None, name, True, list(forwards or []))
+    return lv.call(_start, None, name, True, list(forwards or []))
 
 
 def _is_active(conn, name: str) -> bool | None:
-    libvirt = libvirt_module()
-    try:
-        return bool(conn.lookupByName(name).isActive())
-    except libvirt.libvirtError:
-        return None
+    dom = lookup(conn, name)
+    return None if dom is None else attempt(lambda: bool(dom.isActive()))
 
 
-def is_active(name: str) -> bool | None:
+def is_active(lv: Libvirt, name: str) -> bool | None:
     """True/False, or None when no such domain exists (any more)."""
-    return call(_is_active, name)
+    return lv.call(_is_active, name)
 
 
 def _destroy(conn, name: str, undefine: bool) -> None:
-    libvirt = libvirt_module()
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
+    import libvirt  # loaded already: `conn` is open
+
+    dom = lookup(conn, name)
+    if dom is None:
         return
     try:
         if dom.isActive():
             dom.destroy()
     except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        if no_domain(e):
             return  # a transient domain that powered off meanwhile
-        still = True
-        with contextlib.suppress(libvirt.libvirtError):
-            still = bool(dom.isActive())
-        if still:
-            raise RuntimeFailure(f"cannot stop the VM: {first_line(str(e))}") from None
+        if attempt(lambda: bool(dom.isActive()), True):
+            raise translate(e, "cannot stop the VM") from None
     if undefine:
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.undefineFlags(0)
+        attempt(lambda: dom.undefineFlags(0))
 
 
-def destroy(name: str, undefine: bool = False) -> None:
+def destroy(lv: Libvirt, name: str, undefine: bool = False) -> None:
     """Power off at once (and forget the domain); a missing domain is not an error."""
-    call(_destroy, name, undefine)
+    lv.call(_destroy, name, undefine)
 
 
 def _discard_if(conn, name: str, cid: str) -> None:
-    libvirt = libvirt_module()
-    try:
-        dom = conn.lookupByName(name)
-        record = read_metadata(dom.XMLDesc(0)) or {}
-    except libvirt.libvirtError:
+    dom = lookup(conn, name)
+    xml = attempt(lambda: dom.XMLDesc(0)) if dom is not None else None
+    if xml is None:
         return
+    record = read_metadata(xml) or {}
     if record.get("id") == cid:
         _destroy(conn, name, undefine=dom.isPersistent())
 
 
-def discard_if(name: str, cid: str) -> None:
+def discard_if(lv: Libvirt, name: str, cid: str) -> None:
     """Destroy and forget the domain `name` if it is container `cid`'s: undoing a start
     whose answer never came (the command was interrupted while libvirt's child worked)."""
-    call(_discard_if, name, cid)
+    lv.call(_discard_if, name, cid)
 
 
-def qemu_pid(name: str) -> int | None:
+def qemu_pid(lv: Libvirt, name: str) -> int | None:
     """The QEMU process of a running domain of the embedded driver (None elsewhere).
 
     Lets a waiter notice power-off without taking the embedded root's lock.
     """
-    if not is_embedded():
+    if not lv.embedded:
         return None
-    pidfile = paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
+    pidfile = lv.paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
@@ -371,9 +364,9 @@ def qemu_pid(name: str) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def qemu_exit_fd(name: str) -> int | None:
+def qemu_exit_fd(lv: Libvirt, name: str) -> int | None:
     """A pidfd of the domain's QEMU (readable once it exited), or None where there is none."""
-    pid = qemu_pid(name)
+    pid = qemu_pid(lv, name)
     if pid is None:
         return None
     try:
@@ -382,22 +375,22 @@ def qemu_exit_fd(name: str) -> int | None:
         return None
 
 
-def running(name: str) -> bool:
+def running(lv: Libvirt, name: str) -> bool:
     """Is the VM still up? Cheap on the embedded driver (its QEMU pid), else one lookup."""
-    if is_embedded():
-        return qemu_pid(name) is not None
-    return bool(is_active(name))
+    if lv.embedded:
+        return qemu_pid(lv, name) is not None
+    return bool(is_active(lv, name))
 
 
-def wait_reaped(name: str, timeout: float = 5.0) -> None:
+def wait_reaped(lv: Libvirt, name: str, timeout: float = 5.0) -> None:
     """Wait until an exited QEMU is gone from the process table.
 
     libvirt counts a zombie as running; where init reaps orphans lazily (seen: ~1 s in
     sandboxes), the next libvirt operation would still see the domain active.
     """
-    if not is_embedded():
+    if not lv.embedded:
         return
-    pidfile = paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
+    pidfile = lv.paths.libvirt_root() / "run" / "qemu" / f"{name}.pid"
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from hv.errors import Conflict, RuntimeFailure
-from hv.runtime.connection import call, first_line, libvirt_module
+from hv.runtime.connection import Libvirt, attempt, first_line, lookup
 
 NETDEV = "hostnet0"  # libvirt's id for the first <interface>
 
@@ -42,11 +42,9 @@ def parse_usernet(text: str) -> list[Forward]:
 
 
 def _add(conn, name: str, forwards: list[Forward]) -> list[Forward]:
-    libvirt = libvirt_module()
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError as e:
-        raise RuntimeFailure(f"cannot find the VM {name}: {first_line(str(e))}") from None
+    dom = lookup(conn, name)
+    if dom is None:
+        raise RuntimeFailure(f"cannot find the VM {name}", hint="see 'hv ps -a'")
     return add_on(dom, forwards)
 
 
@@ -56,15 +54,12 @@ def add_on(dom, forwards: list[Forward], fresh: bool = False) -> list[Forward]:
     Each forward is found as the one row `info usernet` gained; `fresh`: the domain was
     just started, so there is no row yet to list first (one monitor command less).
     """
-    libvirt = libvirt_module()
     done: list[Forward] = []
     before = set() if fresh or not forwards else set(parse_usernet(_hmp(dom, "info usernet")))
     for fw in forwards:
         spec = f"{fw.proto}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
-        try:
-            out = _hmp(dom, f"hostfwd_add {NETDEV} {spec}")
-        except libvirt.libvirtError as e:
-            raise RuntimeFailure(f"cannot forward {spec}: {first_line(str(e))}") from None
+        out = attempt(lambda s=spec: _hmp(dom, f"hostfwd_add {NETDEV} {s}"),
+                      doing=f"cannot forward {spec}")
         if out.strip():
             where = f"{fw.host_ip}:{fw.host_port}"
             raise Conflict(
@@ -79,9 +74,9 @@ def add_on(dom, forwards: list[Forward], fresh: bool = False) -> list[Forward]:
     return done
 
 
-def add(name: str, forwards: list[Forward]) -> list[Forward]:
+def add(lv: Libvirt, name: str, forwards: list[Forward]) -> list[Forward]:
     """Add forwards to the running domain; returns them with the host ports bound."""
-    return call(_add, name, forwards) if forwards else []
+    return lv.call(_add, name, forwards) if forwards else []
 
 
 def _ip(text: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hv.config import Config
 from tests.conftest import HV, REPO
 
 pytestmark = pytest.mark.vm
@@ -75,14 +76,17 @@ def test_cp_20mb_round_trip_is_byte_identical(hv, box, tmp_path):
 
 def test_a_host_key_other_than_the_pinned_one_is_refused(hv, box, tmp_path):
     from hv import copy as cp
-    from hv import paths
+    from hv.config import Config
+
+    paths = Config.from_environ().paths
     from hv.guest import bulk, keys
     from hv.guest.agent import Agent, AgentUnreachable, endpoint
 
     cid = _cid(hv, box)
     src = tmp_path / "secret"
     src.write_bytes(os.urandom(bulk.SSH_FROM))  # large enough to go through ssh
-    agent = Agent.connect(endpoint(cid))  # the control channel still sees the real key
+    # the control channel still sees the real key
+    agent = Agent.connect(endpoint(Config.from_environ().paths, cid))
     pinned = paths.container_host_key(cid)
     saved = pinned.read_text()
     try:
@@ -120,7 +124,7 @@ def test_no_ssh_client_is_a_clear_error(hv, box, tmp_path, monkeypatch):
     from hv.guest.agent import Agent, endpoint
 
     (tmp_path / "f").write_bytes(os.urandom(bulk.SSH_FROM))
-    agent = Agent.connect(endpoint(_cid(hv, box)))
+    agent = Agent.connect(endpoint(Config.from_environ().paths, _cid(hv, box)))
     try:
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
         with pytest.raises(HvError) as e:
@@ -142,9 +146,10 @@ def test_small_copies_use_the_agents_own_channel_and_any_agent_works(hv, box, tm
     small, big = os.urandom(1000), os.urandom(bulk.SSH_FROM + 1)
     (tmp_path / "small").write_bytes(small)
     (tmp_path / "big").write_bytes(big)
-    direct = Agent.connect(endpoint(cid))
+    config = Config.from_environ()
+    direct = Agent.connect(endpoint(config.paths, cid))
     agents = [direct]
-    shared = mux.connect(cid, timeout=60) if mux.enabled() else None
+    shared = mux.connect(config, cid, timeout=60) if config.mux else None
     if shared is not None:
         agents.append(shared)
     try:
@@ -163,7 +168,7 @@ def test_small_copies_use_the_agents_own_channel_and_any_agent_works(hv, box, tm
         direct.close()
         if shared is not None:
             shared.close()
-            mux.stop(cid)
+            mux.stop(config, cid)
     assert not _ssh_children(cid)
 
 

@@ -129,7 +129,9 @@ def test_volume_look_up_makes_no_state(hv):
 
 
 def _status_xml(name: str) -> ET.Element:
-    from hv import paths
+    from hv.config import Config
+
+    paths = Config.from_environ().paths
 
     return ET.parse(paths.libvirt_root() / "run" / "qemu" / f"{name}.xml").getroot()
 
@@ -148,7 +150,9 @@ def _qmp(monitor: str, command: str) -> None:
 
 
 def _kill_virtiofsd(name: str) -> int:
-    from hv import paths
+    from hv.config import Config
+
+    paths = Config.from_environ().paths
 
     st = _status_xml(name)
     dom_id = st.find("domain").get("id")

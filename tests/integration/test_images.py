@@ -20,12 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from hv import paths
+from hv.config import Config
 from hv.errors import Conflict, DigestMismatch, HvError, ImageNotFound, RegistryError
 from tests.fixtures import images as fx
 from tests.fixtures.registry import Registry, free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _paths():
+    """The state root's files (HV_ROOT as the `root` fixture set it)."""
+    return Config.from_environ().paths
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +60,7 @@ def ok(*args: str, **kw) -> str:
 def store():
     from hv.engine import Engine
 
-    return Engine().images
+    return Engine(Config.from_environ()).images
 
 
 def leftovers(state: Path) -> dict:
@@ -119,7 +124,7 @@ def test_pull_by_tag_prints_docker_lines_and_lists(reg, root):
     assert image.run_config["Entrypoint"] == ["/bin/sh", "-c"]
     assert image.run_config["Env"] == ["PATH=/bin", "HELLO=1"]
     assert image.run_config["WorkingDir"] == "/tmp"
-    assert paths.base_disk(image.id).exists(), "the base disk is built at the end of pull"
+    assert _paths().base_disk(image.id).exists(), "the base disk is built at the end of pull"
     assert 1_900_000 < image.size < 2_200_000  # busybox binary: the uncompressed rootfs
 
     again = ok("pull", busybox(reg))
@@ -140,9 +145,9 @@ def test_pull_by_tag_prints_docker_lines_and_lists(reg, root):
     assert ok("images", "-q", f"{reg.host}/busybox:nope") == ""
     assert ok("pull", "-q", busybox(reg)) == f"{reg.host}/busybox:latest\n"
 
-    paths.base_disk(image.id).unlink()  # built again, lazily, when run needs it
-    assert store().base_disk(image) == paths.base_disk(image.id)
-    assert paths.base_disk(image.id).stat().st_size >= 8 << 30
+    _paths().base_disk(image.id).unlink()  # built again, lazily, when run needs it
+    assert store().base_disk(image) == _paths().base_disk(image.id)
+    assert _paths().base_disk(image.id).stat().st_size >= 8 << 30
 
 
 def test_pull_by_digest(reg):
@@ -164,7 +169,7 @@ def test_manifest_list_picks_linux_amd64(reg, root):
     assert image.config["architecture"] == "amd64"
     assert image.id == fx.config_digest(reg.layout, "amd")
     assert image.repo_digests == [f"{reg.host}/multi@{reg.index_digest}"]
-    arch = subprocess.run(["debugfs", "-R", "cat /arch", str(paths.base_disk(image.id))],
+    arch = subprocess.run(["debugfs", "-R", "cat /arch", str(_paths().base_disk(image.id))],
                           capture_output=True, text=True).stdout
     assert arch == "amd64"
 
@@ -181,10 +186,10 @@ def test_shared_layers_stored_once_and_whiteouts_applied(reg, root):
     wanted = set()
     for im in images:
         wanted |= {im.id, im.manifest_digest, *im.layers}
-    blobs = {"sha256:" + n for n in os.listdir(paths.blobs_dir())}
+    blobs = {"sha256:" + n for n in os.listdir(_paths().blobs_dir())}
     assert blobs == wanted | {d.partition("@")[2] for im in images for d in im.repo_digests}
     assert base["digest"]
-    disk = str(paths.base_disk(store().get(busybox(reg, "v2")).id))
+    disk = str(_paths().base_disk(store().get(busybox(reg, "v2")).id))
     listing = subprocess.run(["debugfs", "-R", "ls -p /etc", disk], capture_output=True,
                              text=True).stdout
     assert "motd" in listing and "passwd" in listing and "group" not in listing
@@ -197,13 +202,14 @@ def test_shared_layers_stored_once_and_whiteouts_applied(reg, root):
 
 
 def test_tag_and_rmi(reg, root, tmp_path):
-    from hv.engine import _make_overlay
+    from hv.engine.create import _make_overlay
 
     ok("pull", busybox(reg))
     ok("pull", busybox(reg, "v2"))
     image = store().get(busybox(reg))
-    _make_overlay(paths.base_disk(image.id), tmp_path / "disk.qcow2")  # what a run makes
-    assert paths.base_overlay(paths.base_disk(image.id)).exists()
+    # what a run makes
+    _make_overlay(_paths(), _paths().base_disk(image.id), tmp_path / "disk.qcow2")
+    assert _paths().base_overlay(_paths().base_disk(image.id)).exists()
     ok("tag", busybox(reg), "mine:1")
     ok("tag", image.short_id[:6], "other")
     assert store().get("mine:1").id == image.id == store().get("other:latest").id
@@ -231,8 +237,8 @@ def test_tag_and_rmi(reg, root, tmp_path):
     ]
     assert ok("images", "-q") == ""
     assert leftovers(root)["blobs"] == [], "unreferenced blobs are deleted"
-    assert not list(paths.base_disks_dir().glob("*.ext4"))
-    assert not list(paths.base_disks_dir().glob("*.qcow2")), "the overlay template goes too"
+    assert not list(_paths().base_disks_dir().glob("*.ext4"))
+    assert not list(_paths().base_disks_dir().glob("*.qcow2")), "the overlay template goes too"
 
 
 def test_rmi_refused_while_a_container_uses_the_image(reg, root, monkeypatch):
@@ -241,7 +247,7 @@ def test_rmi_refused_while_a_container_uses_the_image(reg, root, monkeypatch):
     ok("pull", busybox(reg))
     image = store().get(busybox(reg))
     monkeypatch.setattr(Engine, "image_users", lambda self, image_id: ["0123456789abcdef"])
-    engine = Engine()
+    engine = Engine(Config.from_environ())
     with pytest.raises(Conflict) as err:
         engine.remove_image(busybox(reg))
     assert err.value.message == (
@@ -255,7 +261,7 @@ def test_rmi_refused_while_a_container_uses_the_image(reg, root, monkeypatch):
     assert out[0] == ("Untagged", f"{reg.host}/busybox:latest")
     assert out[-1] == ("Deleted", image.id)
     assert not engine.images.exists(image.id)
-    assert paths.base_disk(image.id).exists(), "a container's overlay is backed by it"
+    assert _paths().base_disk(image.id).exists(), "a container's overlay is backed by it"
 
 
 # --- load / save -------------------------------------------------------------------------------
@@ -274,7 +280,7 @@ def test_save_rmi_load_roundtrip(reg, root, tmp_path, fmt):
     loaded = store().get("saved:v2")
     assert loaded.id == image.id
     assert loaded.layers == image.layers
-    assert paths.base_disk(loaded.id).exists()
+    assert _paths().base_disk(loaded.id).exists()
 
     streamed = hv("save", "--format", fmt, "saved:v2").stdout  # stdout is a pipe here
     ok("rmi", "saved:v2")

@@ -218,8 +218,10 @@ def test_state_survives_without_a_watcher(hv, busybox):
 
 def test_hv_kernel_and_accelerator_notice(hv, test_images_dir, tmp_path):
     """The guest runs hv's own kernel with nothing to load; TCG is announced once per root."""
-    from hv import paths
+    from hv.config import Config
     from hv.runtime.accel import detect
+
+    paths = Config.from_environ().paths
 
     fresh = {"HV_ROOT": str(tmp_path / "root")}
     hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), env=fresh, check=True)
@@ -231,7 +233,7 @@ def test_hv_kernel_and_accelerator_notice(hv, test_images_dir, tmp_path):
     if kind == "hv":
         assert release == (paths.guest_dir() / "release").read_text().strip()
         assert release.endswith("-hv") and modules == "1"  # CONFIG_MODULES=n: no /proc/modules
-    if detect().name == "tcg":
+    if detect(paths).name == "tcg":
         assert "TCG" in p.stderr
         again = hv("run", "--rm", "busybox", "true", env=fresh)
         assert "TCG" not in again.stderr  # said once, plainly
@@ -271,13 +273,14 @@ def test_capability_cache_is_trimmed(hv, busybox):
 
 
 def _hv_path(state_root, name: str):
-    """hv.paths.NAME() as a CLI with HV_ROOT=state_root sees it."""
+    """Paths.NAME() as a CLI with HV_ROOT=state_root sees it."""
     import subprocess
     import sys
     from pathlib import Path
 
     out = subprocess.run(
-        [sys.executable, "-c", f"from hv import paths; print(paths.{name}())"],
+        [sys.executable, "-c",
+         f"from hv.config import Config; print(Config.from_environ().paths.{name}())"],
         env=dict(os.environ, HV_ROOT=str(state_root)), capture_output=True, text=True,
         check=True)
     return Path(out.stdout.strip())

@@ -13,6 +13,7 @@ import pytest
 from hv.compare import measure, report, rootfs, workload
 from hv.compare.legs import RunResult, runtime_choice
 from hv.compare.runner import Options, parse_only
+from hv.config import Config
 from hv.errors import UsageError
 
 # --- markers -------------------------------------------------------------------------------
@@ -211,9 +212,8 @@ def test_parse_only():
 
 
 def test_runtime_choice(monkeypatch, tmp_path):
-    monkeypatch.setenv("HV_OCI_RUNTIME", "none")
-    assert runtime_choice(None)[0] is None
-    monkeypatch.delenv("HV_OCI_RUNTIME")
+    configured = Config.from_environ({"HV_OCI_RUNTIME": "none"}).oci_runtime
+    assert runtime_choice(None, configured)[0] is None
     monkeypatch.setenv("PATH", str(tmp_path))
     rt, why = runtime_choice(None)
     assert rt is None and "neither crun nor runc" in why

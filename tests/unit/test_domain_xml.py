@@ -84,3 +84,31 @@ def test_capability_cache_trim(tmp_path):
     assert f.read_text() == "<qemuCaps>\n  <flag name='kvm'/>\n  <flag name='sdl'/>\n</qemuCaps>\n"
     assert oct(f.stat().st_mode & 0o777) == "0o600"
     capscache.trim(tmp_path / "nothing-here")  # no cache yet: nothing to do
+
+
+GOLDEN_NETWORKS = Path(__file__).parent / "golden" / "container-domain-networks.xml"
+
+
+def test_golden_with_network_interfaces():
+    from hv.runtime.domain import EthernetInterface
+
+    spec = make()
+    spec.interfaces = [EthernetInterface("hvt-0123abcd-0", "02:42:ac:12:00:02"),
+                       EthernetInterface("hvt-0123abcd-1", "02:42:ac:13:00:05")]
+    xml = spec.to_xml()
+    if os.environ.get("HV_UPDATE_GOLDEN"):
+        GOLDEN_NETWORKS.write_text(xml)
+    assert xml == GOLDEN_NETWORKS.read_text()
+    ifaces = ET.fromstring(xml).findall("devices/interface")
+    # the user-mode NIC stays first: the agent's SSH, -p and outbound use it
+    assert [i.get("type") for i in ifaces] == ["user", "ethernet", "ethernet"]
+    assert ifaces[1].find("target").attrib == {"dev": "hvt-0123abcd-0", "managed": "no"}
+    assert ifaces[1].find("mac").get("address") == "02:42:ac:12:00:02"
+
+
+def test_interface_alone_for_hotplug():
+    from hv.runtime.domain import EthernetInterface
+
+    el = ET.fromstring(EthernetInterface("hvt-0123abcd-2", "02:42:ac:12:00:09").to_xml())
+    assert el.tag == "interface" and el.get("type") == "ethernet"
+    assert el.find("model").get("type") == "virtio"

@@ -15,6 +15,7 @@ import pytest
 
 from cli import containers_view
 from cli.formatting import TemplateError, render
+from hv.config import Config
 from hv.errors import UsageError
 from hv.guest.seed import GuestSpec, seed_files
 from hv.images import disk, layers
@@ -165,9 +166,9 @@ def test_malformed_sparse_map_is_refused(tmp_path, chunks, size):
     assert not (root / "f").exists() or (root / "f").stat().st_size <= size
 
 
-def test_compression_bomb_is_refused_before_it_is_written(tmp_path, monkeypatch):
+def test_compression_bomb_is_refused_before_it_is_written(tmp_path):
     """The same limit for plain files: 64 MiB of zeroes gzip to 64 KB."""
-    monkeypatch.setenv("HV_MAX_IMAGE_SIZE", "16M")
+    fixed = Config.from_environ({"HV_MAX_IMAGE_SIZE": "16M"}).max_image_size
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         ti = tarfile.TarInfo("zeros")
@@ -177,7 +178,7 @@ def test_compression_bomb_is_refused_before_it_is_written(tmp_path, monkeypatch)
     layer.write_bytes(gzip.compress(raw.getvalue(), 1))
     root = _rootfs(tmp_path)
     with pytest.raises(LayerError, match=r"more than the 16.0MiB allowed.*'zeros' of 64.0MiB"):
-        layers.extract([layer], root)
+        layers.extract([layer], root, max_image_size=fixed)
     assert not (root / "zeros").exists()
 
 
@@ -191,15 +192,15 @@ def test_zero_runs_of_plain_files_become_holes(tmp_path):
     assert (root / "f").read_bytes() == data
 
 
-def test_allowed_size_rule(monkeypatch):
-    monkeypatch.delenv("HV_MAX_IMAGE_SIZE", raising=False)
-    assert disk.allowed_size(10_000) == 4 * GiB  # the floor
+def test_allowed_size_rule():
+    def fixed(text: str) -> str:
+        return Config.from_environ({"HV_MAX_IMAGE_SIZE": text}).max_image_size
+
+    assert disk.allowed_size(10_000, fixed("")) == 4 * GiB  # the floor
     assert disk.allowed_size(1 * GiB) == 32 * GiB  # 32 times the compressed layers
-    monkeypatch.setenv("HV_MAX_IMAGE_SIZE", "100G")
-    assert disk.allowed_size(10_000) == 100 * GiB
-    monkeypatch.setenv("HV_MAX_IMAGE_SIZE", "lots")
+    assert disk.allowed_size(10_000, fixed("100G")) == 100 * GiB
     with pytest.raises(UsageError, match="HV_MAX_IMAGE_SIZE"):
-        disk.allowed_size(1)
+        disk.allowed_size(1, fixed("lots"))
 
 
 def test_base_disk_build_refuses_an_image_too_large(tmp_path, monkeypatch):

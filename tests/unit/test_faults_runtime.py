@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from hv import volumes
+from hv.config import Config
+from hv.context import Context
 from hv.runtime import domains
 from hv.runtime.domain import Disk, DomainSpec, report_io_errors
 
@@ -31,6 +33,10 @@ def root(monkeypatch):
     monkeypatch.delenv("HV_HOST", raising=False)
     yield d / "s"
     shutil.rmtree(d, ignore_errors=True)
+
+
+def _ctx() -> Context:
+    return Context.of(Config.from_environ())
 
 
 # --- 1. a full disk: the guest gets the error, the VM is not paused ------------------------
@@ -83,7 +89,7 @@ def _status_file(root: Path, name: str, pid: int, state: str = "running", reason
 
 def test_a_pause_libvirt_recorded_keeps_its_reason(root):
     _status_file(root, "c", os.getpid(), state="paused", reason="ioerror")
-    (info,) = domains.list_domains()
+    (info,) = domains.list_domains(_ctx().libvirt)
     assert info.active and info.paused and info.reason == "ioerror"
 
 
@@ -118,7 +124,7 @@ def test_a_pause_nobody_recorded_is_read_from_qemu(root, tmp_path):
     sock = tmp_path / "m.sock"
     _FakeQemu(sock, "io-error")
     _status_file(root, "c", os.getpid(), monitor=str(sock))
-    (info,) = domains.list_domains()
+    (info,) = domains.list_domains(_ctx().libvirt)
     assert info.active and not info.paused
     domains.probe_run_states([info])
     assert info.paused and info.reason == "io-error"
@@ -130,7 +136,7 @@ def test_a_monitor_that_does_not_answer_costs_the_timeout_only(root, tmp_path):
     srv.bind(str(sock))
     srv.listen()  # held by "another libvirt": never greets
     _status_file(root, "c", os.getpid(), monitor=str(sock))
-    (info,) = domains.list_domains()
+    (info,) = domains.list_domains(_ctx().libvirt)
     import time
 
     t = time.monotonic()
@@ -154,9 +160,9 @@ def test_dead_shares_are_the_ones_whose_virtiofsd_is_gone(root):
         (run / "7-c-fs0-fs.pid").write_text(f"{gone.pid}\n")
         (run / "7-c-fs1-fs.pid").write_text(f"{fake.pid}\n")
         # fs2: no pid file (not libvirt's layout as known): no verdict
-        (info,) = domains.list_domains()
+        (info,) = domains.list_domains(_ctx().libvirt)
         assert info.shares == [("fs0", "hv0"), ("fs1", "hv1"), ("fs2", "hv2")]
-        assert domains.dead_shares(info) == ["hv0", "hv1"]
+        assert domains.dead_shares(_ctx().libvirt, info) == ["hv0", "hv1"]
     finally:
         fake.kill()
         fake.wait()
@@ -178,14 +184,17 @@ def test_stats_never_shows_a_negative_cpu_rate(monkeypatch):
         {"c": {"cpu": 9_000_000_000, "rss": 1, "blk": (0, 0), "t": 0.0, "boot": 1}},
         {"c": {"cpu": 1_000_000_000, "rss": 2, "blk": (0, 0), "t": 1.0, "boot": 2}},
     ])
-    monkeypatch.setattr(guestops, "call", lambda fn, names: next(samples))
-    (row,) = guestops.stats([Container(rec, True)], interval=0)
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(libvirt=SimpleNamespace(call=lambda fn, names: next(samples)))
+    c = Container(rec, True, paths=Config.from_environ().paths)
+    (row,) = guestops.stats(ctx, [c], interval=0)
     assert row["cpu"] == 0.0 and row["mem"] == 2
     samples = iter([
         {"c": {"cpu": 9_000_000_000, "rss": 1, "blk": (0, 0), "t": 0.0, "boot": 1}},
         {"c": {"cpu": 9_500_000_000, "rss": 2, "blk": (0, 0), "t": 1.0, "boot": 1}},
     ])
-    (row,) = guestops.stats([Container(rec, True)], interval=0)
+    (row,) = guestops.stats(ctx, [c], interval=0)
     assert row["cpu"] == pytest.approx(50.0)
 
 
@@ -193,14 +202,15 @@ def test_stats_never_shows_a_negative_cpu_rate(monkeypatch):
 
 
 def test_volume_look_ups_make_no_state(root):
+    vs = volumes.Volumes(Config.from_environ(), embedded=True, uri="qemu:///embed")
     with pytest.raises(volumes.VolumeNotFound):
-        volumes.remove("nosuch")
-    assert volumes.remove("nosuch", force=True) == "nosuch"
-    assert volumes.prune() == ([], 0)
-    assert volumes.remove_anonymous(["x" * 64]) == []
+        vs.remove("nosuch")
+    assert vs.remove("nosuch", force=True) == "nosuch"
+    assert vs.prune() == ([], 0)
+    assert vs.remove_anonymous(["x" * 64]) == []
     assert not paths_exist(root)
-    volumes.create("vv")
-    assert volumes.remove("vv") == "vv"  # once there are volumes, the lock is used
+    vs.create("vv")
+    assert vs.remove("vv") == "vv"  # once there are volumes, the lock is used
 
 
 def paths_exist(root: Path) -> list[str]:

@@ -63,22 +63,45 @@ def test_the_cycle_finder_finds_one():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}
 
 
-# What a front end may still reach below the facade; issue "One engine facade for two front
-# ends" removes these two (attach frames behind an attach stream, the libvirt pre-open).
-FRONT_ENDS = ("cli", "api")  # the `hv` command and the Engine API (`hv system service`)
-FRONT_END_BYPASSES = {("cli.streams", "hv.guest"), ("cli.entry", "hv.runtime")}
+FRONT_ENDS = ("cli", "api")  # the CLI and the Engine API service
+SEAMS = ("hv.runtime", "hv.guest", "hv.images", "hv.volumes", "hv.guestops", "hv.network")
+
+
+def _reaches(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def test_front_ends_use_the_facade():
-    seams = ("hv.runtime", "hv.guest", "hv.images")
-    found = set()
-    for module, deps in _graph().items():
-        if module.split(".")[0] in FRONT_ENDS:
-            for dep in deps:
-                for seam in seams:
-                    if dep == seam or dep.startswith(seam + "."):
-                        found.add((module, seam))
-    assert found == FRONT_END_BYPASSES
+    """Neither front end imports what lies below hv.engine (podman's cmd/ and pkg/api/
+    over libpod): they parse, render and translate, the engine does."""
+    found = {(module, dep) for module, deps in _graph().items() if _reaches(module, FRONT_ENDS)
+             for dep in deps if _reaches(dep, SEAMS)}
+    assert found == set()
+
+
+def test_no_lower_module_imports_the_facade():
+    """hv.engine is the top of hv: only the front ends, the processes hv starts (restart
+    watcher) and hv compare (a user of the facade) import it."""
+    allowed = FRONT_ENDS + ("hv.engine", "hv.restart_watcher", "hv.compare", "tests", "bench")
+    found = {module for module, deps in _graph().items()
+             if not _reaches(module, allowed) and any(_reaches(d, ("hv.engine",)) for d in deps)}
+    assert found == set()
+
+
+def test_no_environment_reads_below_the_config():
+    """One Config is built from the environment (hv.config); nothing below reads it."""
+    import ast
+
+    readers = set()
+    for path in sorted((REPO / "hv").rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") \
+                    and isinstance(node.value, ast.Name) and node.value.id == "os":
+                readers.add(".".join(rel.parts))
+    # config: builds the Config; connection: hands LIBVIRT_LOG_OUTPUTS to libvirt's C code
+    assert readers == {"hv.config", "hv.runtime.connection"}
 
 
 def test_api_takes_its_settings_as_parameters():

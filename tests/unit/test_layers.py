@@ -217,8 +217,10 @@ def test_disk_size_from_env(tmp_path, monkeypatch):
     root = tmp_path / "r"
     root.mkdir()
     (root / "f").write_text("x")
-    monkeypatch.setenv("HV_DISK_SIZE", "512M")
+    from hv.config import Config
+
+    size = Config.from_environ({"HV_DISK_SIZE": "512M"}).disk_size
     image = tmp_path / "d.ext4"
-    disk.build(root, image, 1, "sha256:" + "1" * 64)
+    disk.build(root, image, 1, "sha256:" + "1" * 64, disk_size=size)
     assert image.stat().st_size == 512 << 20
     assert tarfile  # keep the import used for readers grepping how layers are made

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hv.config import Config
 from hv.errors import CommandNotFound
 from hv.guest import mux
 from hv.guest.agent import AgentUnreachable
@@ -205,7 +206,7 @@ def server(tmp_path, monkeypatch):
     cid = "c" * 64
     (tmp_path / "containers" / cid).mkdir(parents=True)
     (tmp_path / "containers" / cid / "mux.lock").touch()
-    srv = mux._Server(cid, _FakeAgent())
+    srv = mux._Server(Config.from_environ(), cid, _FakeAgent())
     srv.bind()
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("why", srv.serve()), daemon=True)
@@ -218,8 +219,9 @@ def server(tmp_path, monkeypatch):
 
 def test_server_relays_sessions(server):
     cid, srv, _t, _ = server
-    assert mux.running_pid(cid) is None  # the pidfile names us, but we are not `-m hv.guest.mux`
-    agent = mux.connect(cid, spawn=False)
+    # the pidfile names us, but we are not `-m hv.guest.mux`
+    assert mux.running_pid(Config.from_environ(), cid) is None
+    agent = mux.connect(Config.from_environ(), cid, spawn=False)
     assert agent is not None
     assert agent.call("echo out; echo err >&2; exit 3") == (3, b"out\n", b"err\n")
     data = os.urandom(300_000)
@@ -237,7 +239,7 @@ def test_server_runs_sessions_concurrently(server):
     results = []
 
     def one(i):
-        a = mux.connect(cid, spawn=False)
+        a = mux.connect(Config.from_environ(), cid, spawn=False)
         results.append(a.call(f"sleep 0.5; echo {i}"))
         a.close()
 
@@ -253,7 +255,7 @@ def test_server_runs_sessions_concurrently(server):
 
 def test_server_closing_client_closes_channel_not_waits(server):
     cid, srv, *_ = server
-    agent = mux.connect(cid, spawn=False)
+    agent = mux.connect(Config.from_environ(), cid, spawn=False)
     ch = agent.open("sleep 30")
     ch.shutdown_write()
     agent.close()  # `exec -d`: the server ends the session at once
@@ -268,12 +270,12 @@ def test_server_idle_exit_removes_socket(server):
     t.join(5)
     assert result.get("why", "").startswith("no session")
     assert not (Path(os.environ["HV_ROOT"]) / "containers" / cid / "mux.sock").exists()
-    assert mux.connect(cid, spawn=False) is None
+    assert mux.connect(Config.from_environ(), cid, spawn=False) is None
 
 
 def test_server_exits_when_transport_dies(server):
     cid, srv, t, result = server
-    agent = mux.connect(cid, spawn=False)
+    agent = mux.connect(Config.from_environ(), cid, spawn=False)
     ch = agent.open("sleep 30")
     srv.agent.transport.active = False
     t.join(5)
@@ -289,21 +291,21 @@ def test_spawned_multiplexer_reports_the_connect_error(tmp_path, monkeypatch):
     (tmp_path / "containers" / cid).mkdir(parents=True)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     with pytest.raises(AgentUnreachable) as e:
-        mux.connect(cid, timeout=5)
+        mux.connect(Config.from_environ(), cid, timeout=5)
     assert "no SSH endpoint" in e.value.message and "hv restart" in e.value.hint
     assert "not ready" in (tmp_path / "containers" / cid / "mux.log").read_text()
     time.sleep(0.2)
-    assert mux.pids(cid) == []
+    assert mux.pids(Config.from_environ(), cid) == []
 
 
 def test_stop_is_a_no_op_without_a_multiplexer(tmp_path, monkeypatch):
     monkeypatch.setenv("HV_ROOT", str(tmp_path))
-    mux.stop("e" * 64)  # no folder, no lock: nothing to do, no error
+    mux.stop(Config.from_environ(), "e" * 64)  # no folder, no lock: nothing to do, no error
 
 
 def test_needle_matches_the_spawned_command_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HV_ROOT", str(tmp_path))
     cid = "f" * 64
     (tmp_path / "containers" / cid).mkdir(parents=True)
-    argv = [sys.executable, "-m", mux.MODULE, mux._cdir(cid), "90"]
-    assert mux._needle(cid) in ("\0".join(argv) + "\0").encode()
+    argv = [sys.executable, "-m", mux.MODULE, mux._cdir(Config.from_environ(), cid), "90"]
+    assert mux._needle(Config.from_environ(), cid) in ("\0".join(argv) + "\0").encode()

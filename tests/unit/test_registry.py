@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from hv.config import Config
 from hv.images import registry
 
 
@@ -13,9 +14,9 @@ from hv.images import registry
     ("docker.io", False), ("ghcr.io", False), ("10.0.0.5:5000", False), ("lab:5000", True),
     ("reg.example", True),
 ])
-def test_insecure_registries(monkeypatch, host, insecure):
-    monkeypatch.setenv("HV_INSECURE_REGISTRIES", "lab:5000, reg.example")
-    assert registry.is_insecure(host) is insecure
+def test_insecure_registries(host, insecure):
+    listed = Config.from_environ({"HV_INSECURE_REGISTRIES": "lab:5000, reg.example"})
+    assert registry.is_insecure(host, listed.insecure_registries) is insecure
 
 
 def test_docker_hub_api_host():
@@ -26,15 +27,15 @@ def test_docker_hub_api_host():
     assert registry.RegistryClient("127.0.0.1:5000", "x").base == "http://127.0.0.1:5000/v2/x"
 
 
-def test_credentials_from_docker_config(tmp_path, monkeypatch):
+def test_credentials_from_docker_config(tmp_path):
     auth = base64.b64encode(b"bob:pa:ss").decode()
     (tmp_path / "config.json").write_text(json.dumps({"auths": {
         "https://index.docker.io/v1/": {"auth": auth}, "ghcr.io": {"auth": auth},
     }}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    assert registry._credentials("docker.io") == ("bob", "pa:ss")
-    assert registry._credentials("ghcr.io") == ("bob", "pa:ss")
-    assert registry._credentials("quay.io") is None
+    where = Config.from_environ({"DOCKER_CONFIG": str(tmp_path)}).docker_config
+    assert registry._credentials("docker.io", where) == ("bob", "pa:ss")
+    assert registry._credentials("ghcr.io", where) == ("bob", "pa:ss")
+    assert registry._credentials("quay.io", where) is None
 
 
 def test_challenge_parsing():

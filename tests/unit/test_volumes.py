@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hv import mounts, volumes
+from hv.config import Config
 from hv.errors import Conflict, UsageError
 from hv.guest.seed import GuestMount, GuestSpec, seed_files
 from hv.mounts import MountSpec, parse_all, parse_mount, parse_volume
@@ -19,10 +20,18 @@ GOLDEN = Path(__file__).parent / "golden" / "container-domain-volumes.xml"
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("HV_ROOT", str(tmp_path / "state"))
-    monkeypatch.delenv("HV_VOLUME_DRIVER", raising=False)
+def root(tmp_path):
     return tmp_path / "state"
+
+
+def _store(root: Path, **env: str) -> volumes.Volumes:
+    config = Config.from_environ({"HV_ROOT": str(root), "HOME": str(root), **env})
+    return volumes.Volumes(config, embedded=True, uri="qemu:///embed")
+
+
+@pytest.fixture
+def vs(root):
+    return _store(root)
 
 
 # --- -v ------------------------------------------------------------------------------------
@@ -113,100 +122,97 @@ def test_mount_bind_source_must_exist(tmp_path):
 # --- the store -----------------------------------------------------------------------------
 
 
-def _use(cid: str, *names: str, anonymous: bool = False) -> None:
-    from hv import paths
-
+def _use(vs, cid: str, *names: str, anonymous: bool = False) -> None:
+    paths = vs.paths
     paths.container_dir(cid).mkdir(parents=True, exist_ok=True)
     paths.container_mounts(cid).write_text(json.dumps([
         {"type": "volume", "name": n, "anonymous": anonymous} for n in names]))
 
 
-def test_create_is_idempotent_and_versioned(root):
-    v = volumes.create("data", {"team": "a"})
-    again = volumes.create("data")
+def test_create_is_idempotent_and_versioned(root, vs):
+    v = vs.create("data", {"team": "a"})
+    again = vs.create("data")
     assert again.created == v.created and again.labels == {"team": "a"}
     meta = json.loads((root / "volumes/data/volume.json").read_text())
     assert meta["version"] == volumes.SCHEMA_VERSION and meta["anonymous"] is False
     assert (root / "volumes/data/_data").is_dir()
-    anon = volumes.create()
+    anon = vs.create()
     assert len(anon.name) == 64 and not anon.anonymous  # `volume create` without a name
-    assert [x.name for x in volumes.list_volumes()] == sorted(["data", anon.name])
+    assert [x.name for x in vs.list_volumes()] == sorted(["data", anon.name])
     assert not [p for p in (root / "volumes").iterdir() if p.name.startswith(".new-")]
-    doc = volumes.get("data").inspect()
+    doc = vs.get("data").inspect()
     assert doc["Driver"] == "local" and doc["Scope"] == "local"
     assert doc["Mountpoint"] == str(root / "volumes/data/_data")
     with pytest.raises(UsageError):
-        volumes.create("-bad")
+        vs.create("-bad")
 
 
-def test_unreadable_record_is_still_listed(root):
-    volumes.create("ok1")
+def test_unreadable_record_is_still_listed(root, vs):
+    vs.create("ok1")
     (root / "volumes/broken").mkdir()
-    vols = {v.name: v for v in volumes.list_volumes()}
+    vols = {v.name: v for v in vs.list_volumes()}
     assert vols["broken"].broken and not vols["ok1"].broken
 
 
-def test_rm_refuses_in_use_even_with_force(root):
-    volumes.create("data")
-    _use("c1", "data")
+def test_rm_refuses_in_use_even_with_force(root, vs):
+    vs.create("data")
+    _use(vs, "c1", "data")
     for force in (False, True):
         with pytest.raises(Conflict, match=r"remove data: volume is in use - \[c1\]"):
-            volumes.remove("data", force=force)
-    assert volumes.get("data")
+            vs.remove("data", force=force)
+    assert vs.get("data")
     with pytest.raises(volumes.VolumeNotFound, match="No such volume: nosuch"):
-        volumes.remove("nosuch")
-    assert volumes.remove("nosuch", force=True) == "nosuch"
+        vs.remove("nosuch")
+    assert vs.remove("nosuch", force=True) == "nosuch"
 
 
-def test_prune_anonymous_unless_all(root):
-    volumes.create("named")
-    anon_used, anon_free = volumes.create(anonymous=True), volumes.create(anonymous=True)
-    _use("c1", anon_used.name, anonymous=True)
+def test_prune_anonymous_unless_all(root, vs):
+    vs.create("named")
+    anon_used, anon_free = vs.create(anonymous=True), vs.create(anonymous=True)
+    _use(vs, "c1", anon_used.name, anonymous=True)
     (anon_free.mountpoint / "f").write_bytes(b"x" * 10000)
-    removed, freed = volumes.prune()
+    removed, freed = vs.prune()
     assert removed == [anon_free.name] and freed >= 10000
-    removed, _ = volumes.prune(all=True)
+    removed, _ = vs.prune(all=True)
     assert removed == ["named"]
-    assert [v.name for v in volumes.list_volumes()] == [anon_used.name]
+    assert [v.name for v in vs.list_volumes()] == [anon_used.name]
 
 
-def test_remove_anonymous_keeps_named_and_used(root):
-    volumes.create("named")
-    a, b = volumes.create(anonymous=True), volumes.create(anonymous=True)
-    _use("other", b.name, anonymous=True)
-    assert volumes.remove_anonymous(["named", a.name, b.name]) == [a.name]
+def test_remove_anonymous_keeps_named_and_used(root, vs):
+    vs.create("named")
+    a, b = vs.create(anonymous=True), vs.create(anonymous=True)
+    _use(vs, "other", b.name, anonymous=True)
+    assert vs.remove_anonymous(["named", a.name, b.name]) == [a.name]
 
 
-def test_attach_and_undo(root, tmp_path):
+def test_attach_and_undo(root, tmp_path, vs):
     src = tmp_path / "host" / "deep"
     f = tmp_path / "file.txt"
     f.write_text("x")
     specs = parse_all([f"{src}:/a", "named:/b:ro", "/c", f"{f}:/f"], [])
     how = volumes.Transport("9p", "test")
-    from hv import paths
 
-    paths.container_dir("cid1").mkdir(parents=True)
-    entries, made = volumes.attach("cid1", specs, how)
+    vs.paths.container_dir("cid1").mkdir(parents=True)
+    entries, made = vs.attach("cid1", specs, how)
     assert src.is_dir()
     assert [e["tag"] for e in entries] == ["hv0", "hv1", "hv2", "hv3"]
     assert entries[1]["source"] == str(root / "volumes/named/_data") and entries[1]["readonly"]
     assert entries[2]["anonymous"] and len(entries[2]["name"]) == 64
     assert entries[3]["file"] and volumes.share_source(entries[3]) == tmp_path
-    assert volumes.users() == {"named": ["cid1"], entries[2]["name"]: ["cid1"]}
+    assert vs.users() == {"named": ["cid1"], entries[2]["name"]: ["cid1"]}
     # a failed create: its mounts.json goes first, then what it made
-    paths.container_mounts("cid1").unlink()
+    vs.paths.container_mounts("cid1").unlink()
     made.undo()
-    assert not (tmp_path / "host").exists() and volumes.list_volumes() == []
+    assert not (tmp_path / "host").exists() and vs.list_volumes() == []
 
 
-def test_attach_refuses_missing_mount_source_and_leaves_nothing(root, tmp_path):
-    from hv import paths
+def test_attach_refuses_missing_mount_source_and_leaves_nothing(root, tmp_path, vs):
 
-    paths.container_dir("cid2").mkdir(parents=True)
+    vs.paths.container_dir("cid2").mkdir(parents=True)
     specs = parse_all(["keep:/k"], [f"type=bind,source={tmp_path}/nope,target=/x"])
     with pytest.raises(UsageError, match="bind source path does not exist"):
-        volumes.attach("cid2", specs, volumes.Transport("9p", "test"))
-    assert volumes.list_volumes() == [] and not paths.container_mounts("cid2").exists()
+        vs.attach("cid2", specs, volumes.Transport("9p", "test"))
+    assert vs.list_volumes() == [] and not vs.paths.container_mounts("cid2").exists()
 
 
 def test_image_volumes_become_anonymous():
@@ -219,25 +225,20 @@ def test_image_volumes_become_anonymous():
 # --- transport -------------------------------------------------------------------------------
 
 
-def test_transport_forced_and_cached(root, monkeypatch):
-    monkeypatch.setenv("HV_VOLUME_DRIVER", "9p")
-    assert volumes.transport().name == "9p"
-    monkeypatch.setenv("HV_VOLUME_DRIVER", "nfs")
+def test_transport_forced_and_cached(root, vs):
+    assert _store(root, HV_VOLUME_DRIVER="9p").transport().name == "9p"
     with pytest.raises(UsageError, match="not virtiofs or 9p"):
-        volumes.transport()
-    monkeypatch.delenv("HV_VOLUME_DRIVER")
+        _store(root, HV_VOLUME_DRIVER="nfs").transport()
     root.mkdir(parents=True, exist_ok=True)
     (root / "volume-transport.json").write_text(json.dumps({"name": "9p", "reason": "cached"}))
-    assert volumes.transport() == volumes.Transport("9p", "cached", "")
+    assert vs.transport() == volumes.Transport("9p", "cached", "")
 
 
-def test_virtiofs_cache_knob(monkeypatch):
-    assert volumes.virtiofs_cache() == "none"
-    monkeypatch.setenv("HV_VIRTIOFS_CACHE", "auto")
-    assert volumes.virtiofs_cache() == ""
-    monkeypatch.setenv("HV_VIRTIOFS_CACHE", "bad")
+def test_virtiofs_cache_knob(root, vs):
+    assert vs.virtiofs_cache() == "none"
+    assert _store(root, HV_VIRTIOFS_CACHE="auto").virtiofs_cache() == ""
     with pytest.raises(UsageError):
-        volumes.virtiofs_cache()
+        _store(root, HV_VIRTIOFS_CACHE="bad").virtiofs_cache()
 
 
 # --- seed and domain -------------------------------------------------------------------------
@@ -285,12 +286,12 @@ def test_domain_filesystems():
     assert fss[2].find("readonly") is not None
 
 
-def test_domain_devices_only_share_memory_for_virtiofs(monkeypatch):
+def test_domain_devices_only_share_memory_for_virtiofs(vs):
     e = {"type": "bind", "source": "/h/f.txt", "target": "/f", "readonly": False,
          "transport": "9p", "tag": "hv0", "file": True}
-    fss, backing = volumes.domain_devices([e])
+    fss, backing = vs.domain_devices([e])
     assert backing is None and fss[0].source == Path("/h") and fss[0].driver == "9p"
-    fss, backing = volumes.domain_devices([dict(e, transport="virtiofs")])
+    fss, backing = vs.domain_devices([dict(e, transport="virtiofs")])
     assert backing is not None
     gm = volumes.guest_mounts([dict(e, copy=True)], first_boot=True)
     assert gm == [GuestMount("hv0", "9p", "f.txt", "/f", False, True)]
