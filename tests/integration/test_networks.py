@@ -11,6 +11,9 @@ Every packet stays on this machine (bridges without host address or forwarding).
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -123,15 +126,24 @@ def test_network_rm_refused_while_in_use(hv, trio):
 
 
 def test_a_later_container_is_resolved_by_earlier_ones_and_not_after_rm(hv, trio, busybox):
-    hv("run", "-d", "--name", "nt-late", "--network", "nt-a", busybox, "sleep", "600",
-       check=True)
+    """nt-late joins both networks: it reaches both sides, and both sides resolve it."""
+    hv("run", "-d", "--name", "nt-late", "--network", "nt-a", "--network", "nt-b", busybox,
+       "sleep", "600", check=True)
     # the earlier ones got the new /etc/hosts through the agent
     assert sh(hv, "nt-web", "ping -c1 -W2 nt-late").returncode == 0
+    assert sh(hv, "nt-other", "ping -c1 -W2 nt-late").returncode == 0
     assert sh(hv, "nt-late", "ping -c1 -W2 alpha").returncode == 0
+    assert sh(hv, "nt-late", "ping -c1 -W2 nt-other").returncode == 0
+    nets = json.loads(hv("inspect", "nt-late", check=True).stdout)[0]["NetworkSettings"][
+        "Networks"]
+    assert sorted(nets) == ["nt-a", "nt-b"]
+    assert nets["nt-b"]["IPAddress"].startswith("10.231.0.")
+    assert not resolves(hv, "nt-web", "nt-other")  # a shared peer links nothing
     late_ip = ip_of(hv, "nt-late", "nt-a")
     hv("rm", "-f", "nt-late", check=True)
     assert not resolves(hv, "nt-web", "nt-late")
     assert not resolves(hv, "nt-db", "nt-late")
+    assert not resolves(hv, "nt-other", "nt-late")
     doc = json.loads(hv("network", "inspect", "nt-a", check=True).stdout)[0]
     assert all(c["Name"] != "nt-late" for c in doc["Containers"].values())
     assert not any(c["IPv4Address"].startswith(late_ip + "/") for c in doc["Containers"].values())
@@ -230,3 +242,32 @@ def test_run_network_refusals_exit_125_and_leave_nothing(hv, busybox):
     finally:
         hv("network", "rm", "nt-c")
     assert datapath.hv_links(datapath.owner_tag(hv.root)) == before
+
+
+def _qemu_of(name: str) -> int | None:
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmd and f"guest={name},".encode() in cmd:
+                return int(p.name)
+    return None
+
+
+def test_a_killed_qemu_leaves_no_tap_after_the_next_run(hv, busybox):
+    cid = hv("run", "-d", "--name", "nt-kill", busybox, "sleep", "600", check=True).stdout.strip()
+    tap = f"hvt-{cid[:8]}-0"
+    try:
+        assert tap in datapath.hv_links(datapath.owner_tag(hv.root))
+        os.kill(_qemu_of("nt-kill"), signal.SIGKILL)
+        hv.wait_for(lambda: _qemu_of("nt-kill") is None, timeout=30)
+        hv("run", "--rm", "--network", "none", busybox, "true", check=True)
+        assert tap not in datapath.hv_links(datapath.owner_tag(hv.root))
+        # its records stay (a stopped container keeps its networks): start makes it again
+        hv("start", "nt-kill", check=True)
+        assert tap in datapath.hv_links(datapath.owner_tag(hv.root))
+    finally:
+        hv("rm", "-f", "nt-kill")
+    assert tap not in datapath.hv_links(datapath.owner_tag(hv.root))
