@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -271,3 +274,32 @@ def test_a_killed_qemu_leaves_no_tap_after_the_next_run(hv, busybox):
     finally:
         hv("rm", "-f", "nt-kill")
     assert tap not in datapath.hv_links(datapath.owner_tag(hv.root))
+
+
+def test_without_cap_net_admin_default_is_user_mode_only_and_networks_refused(hv, busybox):
+    """hv not allowed to make links (the capability dropped from a root process's bounding
+    set, which is what an unprivileged hv lacks): the default joins nothing, an explicit
+    network is refused with a hint, `none` works."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv")
+
+    def unpriv(*args: str):
+        return subprocess.run(["setpriv", "--bounding-set", "-net_admin", sys.executable, "-m",
+                               "cli", *args], capture_output=True, text=True, env=hv.env(),
+                              cwd=hv.env()["PYTHONPATH"], timeout=240)
+
+    for args in (("--network", "bridge"), ("--network-alias", "x")):
+        p = unpriv("run", "--rm", *args, busybox, "true")
+        assert p.returncode == 125, p.stderr
+        assert "container networks need CAP_NET_ADMIN" in one_error(p)
+    p = unpriv("run", "--name", "nt-unpriv", busybox, "sh", "-c",
+               "ip -4 -o addr | grep -v ' lo ' | wc -l")
+    try:
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "1"  # the user-mode NIC alone
+        doc = json.loads(hv("inspect", "nt-unpriv", check=True).stdout)[0]
+        assert doc["NetworkSettings"]["Networks"] == {}
+        assert doc["HostConfig"]["NetworkMode"] == "default"
+    finally:
+        hv("rm", "-f", "nt-unpriv")
+    assert unpriv("run", "--rm", "--network", "none", busybox, "true").returncode == 0
