@@ -80,6 +80,11 @@ def run(
     restart: Annotated[str | None, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped")] = None,
     volume: Annotated[list[str] | None, typer.Option("-v", "--volume", help="bind mount or volume: SOURCE:TARGET[:ro], NAME:TARGET, TARGET")] = None,
     mount: Annotated[list[str] | None, typer.Option("--mount", help="type=bind|volume,source=...,target=...[,readonly]")] = None,
+    network: Annotated[list[str] | None, typer.Option("--network", "--net", help="connect to a network: NAME, bridge (the default) or none")] = None,
+    network_alias: Annotated[list[str] | None, typer.Option("--network-alias", help="a name the container also has on its (user-defined) network")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="IPv4 address on the network (user subnets only)")] = None,
+    dns: Annotated[list[str] | None, typer.Option("--dns", help="DNS server (not supported yet)")] = None,
+    add_host: Annotated[list[str] | None, typer.Option("--add-host", help="an /etc/hosts entry, NAME:IP")] = None,
 ) -> None:
     """Create and start a container (a VM) from an image."""
     from hv.spec import RunOptions
@@ -90,6 +95,8 @@ def run(
         entrypoint=entrypoint, hostname=hostname, memory=memory, cpus=cpus,
         publish=list(publish or []), publish_all=publish_all, tty=tty, interactive=interactive,
         restart=restart, volumes=list(volume or []), mounts=list(mount or []),
+        networks=list(network or []), network_aliases=list(network_alias or []), ip=ip,
+        dns=list(dns or []), add_hosts=list(add_host or []),
     )
     engine = _engine()
     from cli.progress import pull_progress
@@ -476,6 +483,7 @@ def _register_extras() -> None:
     __import__("cli.service_cmd").service_cmd.register(app)  # hv system service
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
     __import__("cli.events_cmd").events_cmd.register(app)  # hv events
+    __import__("cli.network_cmds").network_cmds.register(app)  # hv network
 
 
 _register_extras()

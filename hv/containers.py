@@ -44,6 +44,8 @@ class Record:
     restart: str = "no"
     extra: dict = field(default_factory=dict)
     volumes: list[dict] = field(default_factory=list)  # resolved mounts (hv.volumes.attach)
+    networks: list[str] = field(default_factory=list)  # `--network` as given; [] = none joined
+    add_hosts: list[str] = field(default_factory=list)  # "NAME:IP", checked
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -148,7 +150,8 @@ class Container:
                 "Memory": r.memory_mib * 1024 * 1024,
                 "NanoCpus": r.nano_cpus,
                 "AutoRemove": r.auto_remove,
-                "NetworkMode": "user",
+                "NetworkMode": r.networks[0] if r.networks else "default",
+                "ExtraHosts": list(r.add_hosts) or None,
                 "PortBindings": _port_bindings(r.ports),
                 "RestartPolicy": {"Name": r.restart.partition(":")[0],
                                   "MaximumRetryCount": int(r.restart.partition(":")[2] or 0)},
@@ -165,6 +168,7 @@ class Container:
                 "OpenStdin": r.stdin_open,
                 "Labels": {},
             },
+            "NetworkSettings": _network_settings(self.paths, r.id),
             "VM": {
                 "Domain": r.name,
                 "Accelerator": r.accel,
@@ -182,6 +186,19 @@ def _mounts(volumes: list[dict]) -> list[dict]:
     from hv.volumes import inspect_mounts
 
     return inspect_mounts(volumes)
+
+
+def _network_settings(paths: Paths, cid: str) -> dict:
+    """Docker's NetworkSettings from the network records (the source of truth: connect and
+    disconnect change them, not this record). IPAddress/Gateway/MacAddress: `bridge`'s."""
+    from hv.network import ops
+
+    pairs = ops.endpoints_of(paths.state_root(), cid)
+    nets = {n.name: ep.to_container_inspect(n) for n, ep in pairs}
+    bridge = nets.get("bridge", {})
+    return {"Networks": nets, "IPAddress": bridge.get("IPAddress", ""),
+            "IPPrefixLen": bridge.get("IPPrefixLen", 0), "Gateway": bridge.get("Gateway", ""),
+            "MacAddress": bridge.get("MacAddress", ""), "Ports": {}}
 
 
 def _restarts(paths: Paths, cid: str) -> int:

@@ -54,6 +54,11 @@ class RunOptions:
     restart: str | None = None
     volumes: list[str] = field(default_factory=list)  # `-v` values, as typed
     mounts: list[str] = field(default_factory=list)  # `--mount` values, as typed
+    networks: list[str] = field(default_factory=list)  # `--network`: [] is the default bridge
+    network_aliases: list[str] = field(default_factory=list)  # on the first network
+    ip: str | None = None  # `--ip`, on the first network
+    dns: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)  # `--add-host NAME:IP`, as typed
 
 
 @dataclass
@@ -292,3 +297,28 @@ def check_hostname(hostname: str) -> str:
         raise UsageError(f"invalid hostname format: {_shown(hostname)}",
                          hint="use letters, digits, - and .")
     return hostname
+
+
+def parse_add_host(item: str) -> tuple[str, str]:
+    """`--add-host NAME:IP` (Docker also takes NAME=IP); (name, ip). `host-gateway` is
+    refused: the host has no address on any hv segment by design."""
+    import ipaddress
+
+    sep = "=" if "=" in item else ":"
+    name, eq, ip = item.partition(sep)
+    if not eq or not name or not ip:
+        raise UsageError(f"bad format for add-host: {_quoted(item)}",
+                         hint="use --add-host NAME:IP")
+    if ip == "host-gateway":
+        raise UsageError("--add-host NAME:host-gateway is not supported: the host has no "
+                         "address on hv's networks", hint="give the IP address to use")
+    ip = ip.strip("[]")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise UsageError(f"invalid IP address in add-host: {_quoted(ip)}",
+                         hint="use --add-host NAME:IP") from None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UsageError(f"invalid host name in add-host: {_quoted(name)}",
+                         hint="use --add-host NAME:IP")
+    return name, ip

@@ -61,6 +61,7 @@ class Creating:
         from hv import ports
 
         published = [ports.parse(p) for p in opts.publish]
+        networks, add_hosts = self._plan_networks(opts)
         # every flag and the guest checked before any download
         assets = _guest_assets(self.paths, self.config.firmware)
         image = self._image_for_run(opts.image, progress)
@@ -72,6 +73,7 @@ class Creating:
         from hv.runtime.accel import detect
 
         existing = self._list(check=False)
+        self._sweep_links(existing)
         taken = {c.name for c in existing}
         if name is None:
             name = names.generate(taken)
@@ -100,7 +102,8 @@ class Creating:
             user=proc.user, hostname=hostname, memory_mib=memory, vcpus=vcpus,
             nano_cpus=int(cpus * 1e9), auto_remove=opts.auto_remove, accel=accel.name,
             ports=[p.to_dict() for p in published], tty=opts.tty,
-            stdin_open=opts.interactive, restart=policy.to_text(),
+            stdin_open=opts.interactive, restart=policy.to_text(), networks=networks,
+            add_hosts=add_hosts,
         )
         cdir = self.paths.container_dir(cid)
         held = _new_container_dir(self.paths, cid, self.libvirt.embedded)
@@ -118,6 +121,7 @@ class Creating:
         xml = None
         try:
             with _container_lock(self.paths, cid, exclusive=False):
+                self._join_networks(record, opts)  # records first: addresses for the seed
                 if mount_specs:
                     record.volumes, attached = self.volumes.attach(cid, mount_specs, transport)
                 base = self.images.base_disk(image)
@@ -125,11 +129,20 @@ class Creating:
                 _make_overlay(self.paths, base, self.paths.container_disk(cid))
                 self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
                                  first_boot=True)
-                xml = _domain_xml(self.ctx, self.volumes, record, accel, assets)
+                interfaces = self._interfaces(cid)
+                if record.networks:  # what the domain has, for `start` after a connect
+                    (cdir / "nics.defined").write_text(
+                        json.dumps([(i.tap, i.mac) for i in interfaces]))
+                xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces)
                 self._boot(record, xml=xml, via=opened)
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt) and xml is not None:
                 _undo_start(self.libvirt, record)  # the child may have started it all the same
+            if record.networks:  # no endpoint, tap or bridge outlives a failed create
+                from hv.network import ops
+
+                with contextlib.suppress(HvError, OSError):
+                    ops.release(self.paths.state_root(), cid)
             shutil.rmtree(cdir, ignore_errors=True)
             if attached is not None:
                 attached.undo()  # volumes and -v folders this run made
@@ -142,6 +155,10 @@ class Creating:
             self._made[cid] = attached  # undone if the main process never starts
         if policy.name != "no":
             restart.spawn_watcher(cid, self.config.child_environ())
+        if networks:  # the peers already running resolve the newcomer
+            from hv.network import ops
+
+            self._push_hosts(ops.peers(self.paths.state_root(), cid) - {cid})
         c = Container(record, True, paths=self.paths)
         self._container_event("create", c)
         self._container_event("start", c)
@@ -171,6 +188,22 @@ class Creating:
         self.paths.container_ports(cid).write_text(json.dumps([
             dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
         ]))
+
+    def _sweep_links(self, existing: list[Container]) -> None:
+        """What a killed QEMU or hv left: taps of containers not running (nor being made:
+        a folder without a domain yet), links no record names. Sysfs reads when clean."""
+        from hv.network import datapath, ops
+
+        self._forget_vanished(existing)
+        if not datapath.can_admin():
+            return
+        listed = {c.id for c in existing}
+        running = {c.id for c in existing if c.active}
+        with contextlib.suppress(OSError):
+            running |= {p.name for p in self.paths.containers_dir().iterdir()
+                        if p.name not in listed}
+        with contextlib.suppress(HvError, OSError):
+            ops.sweep(self.paths.state_root(), running)
 
     def _image_for_run(self, ref: str, progress: Callable | None):
         try:
@@ -208,6 +241,7 @@ class Creating:
         if not any(e.startswith("HOSTNAME=") for e in env):
             env.insert(1 if env and env[0].startswith("PATH=") else 0,
                        f"HOSTNAME={record.hostname}")
+        nics, hosts = self._guest_network(record)
         write_seed(self.paths.container_seed(cid), GuestSpec(
             container_id=cid, argv=record.argv, env=env, workdir=record.workdir,
             user=record.user, hostname=record.hostname, tty=record.tty,
@@ -215,6 +249,7 @@ class Creating:
             authorized_keys=self.paths.container_client_public(cid).read_text(),
             ssh_host_key=self.paths.container_host_private(cid).read_text(),
             mounts=_guest_mounts(record, first_boot and not maintenance),
+            nics=nics, hosts=hosts,
         ))
 
     def _notice_once(self, key: str, text: str, warnings: list[str]) -> None:
@@ -317,7 +352,8 @@ def _qemu_img_overlay(base: Path, disk: Path, root: Path) -> None:
         raise RuntimeFailure(f"cannot create the container disk: {e.stderr.strip()}") from None
 
 
-def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAssets) -> str:
+def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAssets,
+                interfaces: list | None = None) -> str:
     paths = ctx.paths
     from hv.runtime.domain import (
         Balloon,
@@ -367,6 +403,7 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
         ],
         serial=FileSerial(paths.container_console(cid)),
         network=UserNetwork(),
+        interfaces=list(interfaces or []),  # hv networks' NICs, after the user-mode one
         rng=Rng(),
         balloon=Balloon(),  # free page reporting: what the guest frees goes back to the host
         filesystems=filesystems,

@@ -18,10 +18,11 @@ from hv.engine.events import Events
 from hv.engine.execs import Execs
 from hv.engine.inside import Inside
 from hv.engine.lifecycle import Lifecycle
+from hv.engine.networks import Networks
 from hv.engine.store import ContainerStore
 
 
-class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events):
+class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events, Networks):
     def __init__(self, config: Config, context: Context | None = None) -> None:
         """`context`: one made for this Config already (hv.engine.early)."""
         self.config = config

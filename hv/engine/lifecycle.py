@@ -242,6 +242,7 @@ class Lifecycle:
             guestops.stop(self.ctx, c, timeout)
         finally:
             mux.stop(self.config, c.id)  # it exits with the guest anyway; never outlive a stop
+        self._drop_taps(c)
         if was_running:
             self._container_event("kill", c, signal="15")
             self._container_event("die", c, exitCode=str(self.exit_code(c)))
@@ -258,8 +259,9 @@ class Lifecycle:
         # libvirt must see the last QEMU gone before it starts another
         wait_reaped(self.libvirt, c.name)
         restart.clear_user_stop(self.paths, c.id)
+        xml = self._network_xml(c) if c.record.networks else None
         self._write_seed(c.record)
-        self._boot(c.record)
+        self._boot(c.record, xml=xml)
         self._container_event("start", c)
         if watch and c.record.restart != "no":
             restart.spawn_watcher(c.id, self.config.child_environ())
@@ -285,6 +287,7 @@ class Lifecycle:
 
             mux.stop(self.config, c.id)
             self._container_event("die", c, exitCode="137")
+            self._drop_taps(c)
         return c
 
     def pause(self, ref: str, paused: bool = True) -> Container:
@@ -315,6 +318,7 @@ class Lifecycle:
         restart.mark_user_stop(self.paths, c.id)
         destroy(self.libvirt, c.name, undefine=True)
         mux.stop(self.config, c.id)
+        self._leave_networks(c)
         self._container_event("destroy", c)
         # `--rm` takes its anonymous volumes along, as Docker's does
         _remove_container_dir(self.paths, self.volumes, c.id,
@@ -329,6 +333,7 @@ class Lifecycle:
         mux.stop(self.config, c.id)
         if c.record.auto_remove:
             undo = self._made_by_failed_run(c)
+            self._leave_networks(c)
             _remove_container_dir(self.paths, self.volumes, c.id, anonymous_volumes=True)
             if undo is not None:
                 undo.undo()
@@ -349,11 +354,13 @@ class Lifecycle:
         treats it as gone. With volumes the call stays, to end their virtiofsd at once.
         """
         if not c.record.auto_remove:
+            self._drop_taps(c)  # the VM is gone: its taps come again at its next start
             return
         undo = self._made_by_failed_run(c)
         if c.record.volumes or self._alive(c):
             self._discard(c)
         else:
+            self._leave_networks(c)
             _remove_container_dir(self.paths, self.volumes, c.id, anonymous_volumes=True)
             self._container_event("destroy", c)
         if undo is not None:

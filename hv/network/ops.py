@@ -12,8 +12,8 @@ Every function takes the state root; nothing reads hv.paths or the environment.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -153,7 +153,7 @@ def connect(root: Path, ref: str, container_id: str, container_name: str,
                              "networks with user configured subnets",
                              hint="create the network with --subnet to choose addresses")
         ep = Endpoint(container_id=container_id, container_name=container_name,
-                      network_id=net.id, endpoint_id=secrets.token_hex(32),
+                      network_id=net.id, endpoint_id=os.urandom(32).hex(),
                       aliases=aliases, requested_ip=ip or "")
         if net.driver == "bridge":
             subnet = ipaddress.IPv4Network(net.subnet)

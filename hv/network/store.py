@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,7 +62,7 @@ def new_id(taken: set[str]) -> str:
     """64 hex, and a bridge name (its first 8) no other network has."""
     prefixes = {t[:8] for t in taken}
     while True:
-        nid = secrets.token_hex(32)
+        nid = os.urandom(32).hex()
         if nid[:8] not in prefixes:
             return nid
 
