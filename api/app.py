@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from api import containers, images, system
+from api import containers, images, networks, system
 from api.http import HttpError, Request, Response, error_response
 from hv.errors import HvError, NotModified
 
@@ -140,7 +140,7 @@ class Service:
         self._copies: dict[str, list[threading.Event]] = {}
         self._copies_lock = threading.Lock()
         self.routes: list[Route] = []
-        for module in (system, containers, images):
+        for module in (system, containers, images, networks):
             for method, path, handler in module.routes(self):
                 self.routes.append(Route(method, re.compile(f"^{path}$"), handler))
 

@@ -62,13 +62,12 @@ def routes(svc) -> list:
         cs = _select(cs, req.flag("all"), req.filters(), req.integer("limit", -1) or -1, found)
         out = []
         for c in cs:
-            mounts = c.inspect().get("Mounts") or []
-            out.append(translate.summary(c, mounts, found[c.id]))
+            out.append(translate.summary(c, c.inspect(), found[c.id], req.version))
         return json_response(out)
 
     def inspect(req: Request, ref: str) -> Response:
         c = engine.container(ref)
-        return json_response(translate.inspect(c, engine.labels(c.id)))
+        return json_response(translate.inspect(c, engine.labels(c.id), req.version))
 
     def remove(req: Request, ref: str) -> Response:
         c = _settled(engine, svc, ref)

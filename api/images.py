@@ -181,7 +181,7 @@ def routes(svc) -> list:
             "LayersSize": sum(i.size for i in engine.images.list()),
             "Images": [dict(image_summary(i, used.get(i.id, 0)), SharedSize=0)
                        for i in engine.images.list()],
-            "Containers": [dict(summary(c, [], {}), SizeRw=0, SizeRootFs=0) for c in cs],
+            "Containers": [dict(summary(c, c.inspect(), {}), SizeRw=0, SizeRootFs=0) for c in cs],
             "Volumes": [dict(v.inspect(), UsageData={"Size": -1,
                                                      "RefCount": len(users.get(v.name, []))})
                         for v in engine.volume_list()],

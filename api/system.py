@@ -12,7 +12,6 @@ import time
 
 from api import events
 from api.http import HttpError, Request, Response, json_response
-from api.translate import BRIDGE_NETWORK
 from hv import __version__
 
 PING_HEADERS = [("Builder-Version", "1"),  # API-Version: on every answer (api.http)
@@ -57,7 +56,7 @@ def routes(svc) -> list:
             "Images": len(engine.images.list()),
             "Driver": "qcow2", "DriverStatus": [["Backing", "ext4 base disk per image"],
                                                 ["Accelerator", accel]],
-            "Plugins": {"Volume": ["local"], "Network": [], "Authorization": None,
+            "Plugins": {"Volume": ["local"], "Network": ["bridge", "null"], "Authorization": None,
                         "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": False,
             "CpuCfsQuota": False, "CPUShares": False, "CPUSet": False, "PidsLimit": False,
@@ -91,30 +90,7 @@ def routes(svc) -> list:
         body = events.stream(svc.engine, req.filters(), since, until, req.client_gone)
         return Response(200, content_type="application/json", stream=body)
 
-    def networks(req: Request) -> Response:
-        """The one network name clients look for; each VM's network is its own (user-mode),
-        so there is nothing to create or connect yet."""
-        filters = req.filters()
-        if filters.get("type") and "builtin" not in filters["type"]:
-            return json_response([])
-        if filters.get("name") and not any(n in "bridge" for n in filters["name"]):
-            return json_response([])
-        return json_response([BRIDGE_NETWORK])
-
-    def network(req: Request, name: str) -> Response:
-        if name != "bridge":
-            raise HttpError(404, f"network {name} not found")
-        return json_response(BRIDGE_NETWORK)
-
-    def network_create(req: Request) -> Response:
-        raise HttpError(501, "hv has no networks yet: every container is a VM with a "
-                        "user-mode network of its own (publish ports with -p; in compose, "
-                        "network_mode: bridge)")
-
     return [
-        ("GET", "/networks", networks),
-        ("POST", "/networks/create", network_create),
-        ("GET", "/networks/(?P<name>[^/]+)", network),
         ("GET", "/_ping", ping),
         ("GET", "/version", version),
         ("GET", "/info", info),

@@ -26,12 +26,11 @@ _CONFIG_DONE = {
 }
 _HOST_DONE = {
     "Binds", "Mounts", "PortBindings", "PublishAllPorts", "AutoRemove", "RestartPolicy",
-    "Memory", "NanoCpus", "ConsoleSize",
+    "Memory", "NanoCpus", "ConsoleSize", "NetworkMode", "ExtraHosts",
 }
 # Values of fields hv does not do that mean "as usual" (what docker/cli and docker-py send
 # for a plain `run`).
 _DEFAULTS = {
-    "NetworkMode": {"", "default", "bridge"},
     "IpcMode": {"", "private", "shareable"},
     "CgroupnsMode": {"", "private", "host"},
     "Isolation": {"", "default"},
@@ -127,13 +126,8 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
                 continue
             if not _ignored(section, key, value):
                 warnings.append(f"{section}.{key} is not supported by hv: ignored")
-    net_cfg = _typed(body.get("NetworkingConfig"), dict, "NetworkingConfig", {})
-    endpoints = _typed(net_cfg.get("EndpointsConfig"), dict, "EndpointsConfig", {})
-    for net, cfg in endpoints.items():
-        if net not in ("bridge", "default") or not _empty(
-                {k: v for k, v in (cfg or {}).items() if k not in ("NetworkID", "EndpointID")}):
-            warnings.append(f"network {net!r} is not supported by hv (every VM has its own "
-                            "user-mode network): ignored")
+    networks, aliases, ip, more = _networks(host, body)
+    warnings += more
 
     entry = body.get("Entrypoint")
     cmd = _strings(body.get("Cmd"), "Cmd")
@@ -197,8 +191,50 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
         restart=_restart(host.get("RestartPolicy")),
         volumes=volumes,
         mounts=mounts,
+        networks=networks,
+        network_aliases=aliases,
+        ip=ip,
+        add_hosts=_strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
     )
     return opts, warnings
+
+
+def _networks(host: dict, body: dict) -> tuple[list[str], list[str], str | None, list[str]]:
+    """HostConfig.NetworkMode and NetworkingConfig.EndpointsConfig → (networks, aliases and
+    IP on the first, warnings). The mode is the first network ("default": the facade's
+    default, `bridge`); the other endpoints are joined at create too (hv cannot add a NIC
+    to a running VM), their aliases and IPs not: the facade takes those on the first."""
+    from hv.errors import UsageError
+
+    mode = _typed(host.get("NetworkMode"), str, "HostConfig.NetworkMode", "") or "default"
+    if mode.startswith("container:"):
+        raise UsageError(f"network mode {mode!r} is not supported: a VM has no network "
+                         "namespace to share")
+    net_cfg = _typed(body.get("NetworkingConfig"), dict, "NetworkingConfig", {})
+    endpoints = _typed(net_cfg.get("EndpointsConfig"), dict, "EndpointsConfig", {}) or {}
+    if mode != "default":
+        first = mode
+    else:  # the mode says the default: an endpoint may still name the network
+        named = [n for n in endpoints if n != "default"]
+        first = named[0] if named else None
+    names = [first, *[n for n in endpoints if n not in (first, "default")]] if first else []
+    if names == ["bridge"]:
+        names = []  # the facade's default (without CAP_NET_ADMIN: the user-mode NIC only)
+    aliases: list[str] = []
+    ip = None
+    warnings: list[str] = []
+    for net, cfg in endpoints.items():
+        cfg = _typed(cfg, dict, f"EndpointsConfig.{net}", {}) or {}
+        got = _strings(cfg.get("Aliases"), f"EndpointsConfig.{net}.Aliases")
+        want_ip = (_typed(cfg.get("IPAMConfig"), dict, f"EndpointsConfig.{net}.IPAMConfig",
+                          {}) or {}).get("IPv4Address") or None
+        if net == first or (first is None and net == "default"):
+            aliases, ip = got, want_ip
+        elif got or want_ip:
+            warnings.append(f"NetworkingConfig: aliases and IPv4Address on network {net!r} "
+                            "are not supported by hv (only on the first network, "
+                            f"{first or 'bridge'!r}): ignored")
+    return names, aliases, ip, warnings
 
 
 # --- containers out ---------------------------------------------------------------------------
@@ -262,40 +298,51 @@ def _ports_map(c: Container) -> dict:
     return out
 
 
-# Every VM has a user-mode network of its own; from the host a container is reached through
-# its published ports on the host's loopback, so that is the "gateway" clients may use
-# (testcontainers' get_container_host_ip reads it). The name is Docker's default network's.
-BRIDGE_ENDPOINT = {
-    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID": "bridge",
-    "EndpointID": "", "Gateway": "127.0.0.1", "IPAddress": "", "IPPrefixLen": 0,
-    "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
-    "DNSNames": None,
-}
-BRIDGE_NETWORK = {
-    "Name": "bridge", "Id": "bridge", "Created": "0001-01-01T00:00:00Z", "Scope": "local",
-    "Driver": "hv-user", "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
-                                                       "Config": []},
-    "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
-    "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {},
-}
+# An hv network's gateway address is reserved and held by nobody (the host has no address
+# on a segment; docs/networks.md), so nothing answers there. Clients read an endpoint's
+# Gateway as "where the host is" (testcontainers inside a container, DinD-style, connects to
+# it for the published ports): in hv that is the loopback the ports are bound on.
+# `GET /networks/{id}` keeps the network's own IPAM gateway.
+HOST_GATEWAY = "127.0.0.1"
 
 
-def summary(c: Container, mounts: list[dict], labels: dict[str, str]) -> dict:
-    """One entry of GET /containers/json."""
+def _endpoints(doc: dict, c: Container, version: tuple[int, int] | None) -> dict:
+    """NetworkSettings.Networks from the real endpoints (Container.inspect reads the network
+    records), Gateway as HOST_GATEWAY says. Before API 1.44 dockerd listed the container's
+    short id among its Aliases on user-defined networks (since, in DNSNames): docker-compose
+    1.29 looks for it there to know a container is already connected."""
+    nets = (doc.get("NetworkSettings") or {}).get("Networks") or {}
+    for ep in nets.values():
+        if ep.get("Gateway"):
+            ep["Gateway"] = HOST_GATEWAY
+    if version is not None and version < (1, 44):
+        for ep in nets.values():
+            if ep.get("DNSNames") is not None:  # user-defined
+                aliases = list(ep.get("Aliases") or [])
+                if c.id[:12] not in aliases:
+                    ep["Aliases"] = aliases + [c.id[:12]]
+    return nets
+
+
+def summary(c: Container, doc: dict, labels: dict[str, str],
+            version: tuple[int, int] | None = None) -> dict:
+    """One entry of GET /containers/json (`doc`: the container's `inspect()`)."""
     r = c.record
+    mounts = doc.get("Mounts") or []
     return {
         "Id": r.id, "Names": ["/" + r.name], "Image": r.image, "ImageID": r.image_id,
         "Command": shlex.join(r.argv), "Created": int(r.created), "Ports": _ports_list(c),
         "Labels": labels, "State": c.state().status, "Status": status_text(c),
-        "HostConfig": {"NetworkMode": "default"},
-        "NetworkSettings": {"Networks": {"bridge": BRIDGE_ENDPOINT} if c.active else {}},
+        "HostConfig": {"NetworkMode": doc["HostConfig"].get("NetworkMode") or "default"},
+        "NetworkSettings": {"Networks": _endpoints(doc, c, version)},
         "Mounts": [{k: m.get(k) for k in ("Type", "Name", "Source", "Destination", "Driver",
                                            "Mode", "RW", "Propagation") if k in m}
                    for m in mounts],
     }
 
 
-def inspect(c: Container, labels: dict[str, str]) -> dict:
+def inspect(c: Container, labels: dict[str, str],
+            version: tuple[int, int] | None = None) -> dict:
     """GET /containers/{id}/json: hv's inspect with Docker's types and the fields clients
     read (docker-py's ports, testcontainers' NetworkSettings.Ports)."""
     doc = c.inspect()
@@ -319,10 +366,15 @@ def inspect(c: Container, labels: dict[str, str]) -> dict:
         "LogConfig": {"Type": "json-file", "Config": {}},
         "ConsoleSize": [0, 0], "Isolation": "", "Runtime": "hv",
     })
+    # published ports stay on the user-mode NIC, bound on the host (127.0.0.1 unless -p said
+    # otherwise): Ports' HostIp is where the host reaches them, not the networks' gateway
+    net = doc.get("NetworkSettings") or {}
     doc["NetworkSettings"] = {
         "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False,
-        "Ports": _ports_map(c), "IPAddress": "", "IPPrefixLen": 0, "Gateway": "",
-        "MacAddress": "", "Networks": {"bridge": BRIDGE_ENDPOINT} if c.active else {},
+        "Ports": _ports_map(c), "IPAddress": net.get("IPAddress", ""),
+        "IPPrefixLen": net.get("IPPrefixLen", 0),
+        "Gateway": HOST_GATEWAY if net.get("Gateway") else "",
+        "MacAddress": net.get("MacAddress", ""), "Networks": _endpoints(doc, c, version),
     }
     doc["Created"] = rfc3339(r.created)
     return doc

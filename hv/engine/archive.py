@@ -58,7 +58,13 @@ class Archive:
         saved = status.read_bytes() if status.exists() else b""  # libvirt truncates it
         mtime = status.stat().st_mtime if status.exists() else None
         try:
-            domains.start_defined(self.libvirt, c.name)
+            # its NICs' taps (a stop removed them; libvirt opens them by name), and the
+            # domain defined again when connect/disconnect changed its NICs
+            xml = self._network_xml(c) if c.record.networks else None
+            if xml is not None:
+                domains.start(self.libvirt, xml, c.name, persistent=True)
+            else:
+                domains.start_defined(self.libvirt, c.name)
             try:
                 bound = forwards.add(self.libvirt, c.name,
                                      [forwards.Forward("tcp", "127.0.0.1", 0, 22)])
@@ -73,6 +79,7 @@ class Archive:
                 domains.destroy(self.libvirt, c.name)
                 guestops.wait_powered_off(self.ctx, c, 10)
                 self.paths.container_ssh_port(c.id).unlink(missing_ok=True)
+                self._drop_taps(c)
         finally:
             status.write_bytes(saved)  # the container's last exit, as before the copy
             if mtime is not None:

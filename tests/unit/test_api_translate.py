@@ -70,12 +70,44 @@ def test_what_hv_does_not_do_is_a_warning():
             "Healthcheck": {"Test": ["CMD", "true"]},
             "HostConfig": {"Privileged": True, "CapAdd": ["NET_ADMIN"],
                            "Mounts": [{"Type": "tmpfs", "Target": "/t"}]},
-            "NetworkingConfig": {"EndpointsConfig": {"mynet": {"Aliases": ["x"]}}}}
+            "NetworkingConfig": {"EndpointsConfig": {"a": {}, "mynet": {"Aliases": ["x"]}}}}
     _opts, warnings = run_options(body, None, {})
     text = "\n".join(warnings)
     for word in ("Config.Domainname", "Config.Healthcheck", "HostConfig.Privileged",
-                 "HostConfig.CapAdd", "tmpfs", "mynet"):
+                 "HostConfig.CapAdd", "tmpfs", "'mynet'"):
         assert word in text, (word, warnings)
+
+
+def test_networks_mode_endpoints_and_extra_hosts():
+    def nets(host, endpoints=None):
+        body = {"Image": "x", "HostConfig": host}
+        if endpoints is not None:
+            body["NetworkingConfig"] = {"EndpointsConfig": endpoints}
+        opts, warnings = run_options(body, None, {})
+        return opts.networks, opts.network_aliases, opts.ip, warnings
+
+    assert nets({"NetworkMode": "default"}, CLI_RUN_RM["NetworkingConfig"]["EndpointsConfig"]) \
+        == ([], [], None, [])
+    assert nets({"NetworkMode": "bridge"}) == ([], [], None, [])
+    assert nets({"NetworkMode": "none"}, {"none": {}}) == (["none"], [], None, [])
+    assert nets({"NetworkMode": "host"})[0] == ["host"]  # the facade refuses it (400)
+    # docker-compose 1.29: the project's network, the service name as an alias
+    assert nets({"NetworkMode": "p_default"}, {"p_default": {"Aliases": ["web"]}}) == \
+        (["p_default"], ["web"], None, [])
+    # docker-py's containers.create(networking_config=...) without a mode
+    assert nets({}, {"n1": {"Aliases": ["a"], "IPAMConfig": {"IPv4Address": "10.9.0.5"}}}) \
+        == (["n1"], ["a"], "10.9.0.5", [])
+    got = nets({"NetworkMode": "n1"}, {"n1": {}, "n2": {"Aliases": ["z"]}, "bridge": {}})
+    assert got[:3] == (["n1", "n2", "bridge"], [], None) and "'n2'" in got[3][0]
+    opts, warnings = run_options({"Image": "x", "HostConfig": {
+        "ExtraHosts": ["db:10.1.2.3"], "NetworkMode": "default"}}, None, {})
+    assert opts.add_hosts == ["db:10.1.2.3"] and warnings == []
+    import pytest
+
+    from hv.errors import UsageError
+
+    with pytest.raises(UsageError, match="container:"):
+        run_options({"Image": "x", "HostConfig": {"NetworkMode": "container:abc"}}, None, {})
 
 
 def test_entrypoint_cleared_and_string_cmd():
@@ -117,3 +149,36 @@ def test_wrong_types_are_usage_errors():
                  {"Image": "x", "WorkingDir": ["/"]}, {"Image": "x", "Env": [1]}):
         with pytest.raises(UsageError):
             run_options(body, None, {})
+
+
+def test_network_list_filters():
+    import pytest
+
+    from api.networks import _filters
+    from hv.errors import UsageError
+
+    class Net:
+        def __init__(self, name, id, driver="bridge", labels=None, user_defined=True,
+                     endpoints=None):
+            self.name, self.id, self.driver, self.labels = name, id, driver, labels or {}
+            self.user_defined, self.endpoints = user_defined, endpoints or {}
+
+    nets = [Net("bridge", "aa1", user_defined=False, endpoints={"c": 1}),
+            Net("none", "bb2", driver="null", user_defined=False),
+            Net("app_default", "cc3", labels={"p": "app"}), Net("used", "dd4", endpoints={"c": 1})]
+
+    def names(filters):
+        checks = _filters(filters)
+        return [n.name for n in nets if all(c(n) for c in checks)]
+
+    assert names({}) == ["bridge", "none", "app_default", "used"]
+    assert names({"name": ["def", "non"]}) == ["none", "app_default"]
+    assert names({"id": ["cc"]}) == ["app_default"]
+    assert names({"driver": ["null"]}) == ["none"]
+    assert names({"label": ["p=app"]}) == names({"label": ["p"]}) == ["app_default"]
+    assert names({"type": ["builtin"]}) == ["bridge", "none"]
+    assert names({"type": ["custom"], "dangling": ["true"]}) == ["app_default"]
+    assert names({"dangling": ["false"]}) == ["bridge", "none", "used"]
+    for bad in ({"type": ["x"]}, {"dangling": ["maybe"]}, {"scope": ["local"]}):
+        with pytest.raises(UsageError):
+            _filters(bad)
