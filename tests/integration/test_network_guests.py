@@ -100,8 +100,17 @@ def _boot(name: str, cid: str, work: Path, guest: Path, disk: Path, script: str,
                   FileChannel("hv.status", work / "status")],
         serial=FileSerial(work / "console.log"), network=UserNetwork(), interfaces=ifaces,
         rng=Rng(), memory_backing=MemoryBacking())
-    domains.start(spec.to_xml(), name, persistent=False)
+    domains.start(_libvirt(), spec.to_xml(), name, persistent=False)
     return Guest(name, work, cid)
+
+
+def _libvirt():
+    """The session state root's libvirt (HV_ROOT, set by the hv_root fixture)."""
+    from hv.config import Config
+    from hv.runtime.connection import Libvirt
+
+    config = Config.from_environ()
+    return Libvirt(config.paths, config.host)
 
 
 def _wait_exited(guests: list[Guest], timeout: float) -> None:
@@ -197,7 +206,7 @@ def test_two_guests_talk_and_a_third_on_another_network_cannot(hv_root, guest_di
     finally:
         for g in guests:
             try:
-                domains.destroy(g.name)
+                domains.destroy(_libvirt(), g.name)
             except Exception:  # already gone (powered off)
                 pass
         for cid in (a, b, c):
@@ -258,7 +267,7 @@ def test_a_container_on_two_networks_and_the_default_bridge(hv_root, guest_dir, 
     finally:
         for g in guests:
             try:
-                domains.destroy(g.name)
+                domains.destroy(_libvirt(), g.name)
             except Exception:  # already gone (powered off)
                 pass
         for cid in (x, y, z):
