@@ -16,7 +16,7 @@ import time
 
 from hv.containers import Container
 from hv.spec import RunOptions
-from hv.timefmt import rfc3339
+from hv.timefmt import human_duration, rfc3339
 
 # Config fields that are translated, or metadata with no effect on what runs.
 _CONFIG_DONE = {
@@ -238,34 +238,6 @@ def _networks(host: dict, body: dict) -> tuple[list[str], list[str], str | None,
 
 
 # --- containers out ---------------------------------------------------------------------------
-
-
-def human_duration(seconds: float) -> str:
-    """Go's units.HumanDuration, which `docker ps` shows."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
 
 
 def status_text(c: Container, now: float | None = None) -> str:

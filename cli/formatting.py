@@ -13,6 +13,7 @@ import re
 from typing import TextIO
 
 from hv.errors import UsageError
+from hv.timefmt import human_duration  # noqa: F401 - the CLI's views import it from here
 
 _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 # tabwriter.NewWriter(out, 10, 1, 3, ' ', 0) in docker/cli's formatter
@@ -33,34 +34,6 @@ def human_size(n: float) -> str:
         size /= 1000
         i += 1
     return f"{size:.3g}{_DECIMAL_UNITS[i]}"
-
-
-def human_duration(seconds: float) -> str:
-    """go-units HumanDuration: 'Less than a second' ... '2 years'."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def go_json(value) -> str:

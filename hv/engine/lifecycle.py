@@ -67,20 +67,10 @@ class Lifecycle:
         deadline = time.monotonic() + timeout
         status_path = self.paths.container_status(c.id)
         while True:
-            st = read_status(status_path)
-            if st.started_ns is not None:
-                return
-            if st.error is not None:
-                raise _exec_error(st.error_code, st.error)
-            if st.exit_code is not None:
+            if _settled(read_status(status_path)):
                 return
             if not self._alive(c):
-                st = read_status(status_path)
-                if st.started_ns is not None:
-                    return
-                if st.error is not None:
-                    raise _exec_error(st.error_code, st.error)
-                if st.exit_code is not None:
+                if _settled(read_status(status_path)):  # what it wrote as it went
                     return
                 raise _not_ready(self.paths, c, "the VM powered off before the container started")
             if time.monotonic() > deadline:
@@ -379,6 +369,16 @@ class Lifecycle:
         if made is None or read_status(self.paths.container_status(c.id)).started_ns is not None:
             return None
         return made
+
+
+def _settled(st) -> bool:
+    """The main process started or exited (True), or has not yet (False); the exec error
+    raised when it could not be started."""
+    if st.started_ns is not None:
+        return True
+    if st.error is not None:
+        raise _exec_error(st.error_code, st.error)
+    return st.exit_code is not None
 
 
 def _pump(path: Path, offset: int, decoder, on_line: Callable) -> int:

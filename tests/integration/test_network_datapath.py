@@ -12,7 +12,7 @@ import pytest
 
 from hv.network import datapath, ops, store
 
-pytestmark = pytest.mark.skipif(not datapath.can_admin(), reason="needs CAP_NET_ADMIN (root)")
+pytestmark = pytest.mark.usefixtures("net_admin")
 
 CID_A = "a1" + "0" * 62
 CID_B = "b2" + "0" * 62

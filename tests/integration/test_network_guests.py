@@ -39,7 +39,7 @@ PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT = 150.0
 
 pytestmark = [pytest.mark.vm,
-              pytest.mark.skipif(not datapath.can_admin(), reason="needs CAP_NET_ADMIN (root)")]
+              pytest.mark.usefixtures("net_admin")]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from hv.network import datapath
 
 pytestmark = [pytest.mark.vm,
-              pytest.mark.skipif(not datapath.can_admin(), reason="needs CAP_NET_ADMIN (root)")]
+              pytest.mark.usefixtures("net_admin")]
 
 SERVE = "while :; do (echo hello-from-$(hostname); sleep 3) | nc -l -p 8080; done"
 
@@ -280,8 +280,7 @@ def test_without_cap_net_admin_default_is_user_mode_only_and_networks_refused(hv
     """hv not allowed to make links (the capability dropped from a root process's bounding
     set, which is what an unprivileged hv lacks): the default joins nothing, an explicit
     network is refused with a hint, `none` works."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv")
+    assert shutil.which("setpriv"), "setpriv is util-linux's, on every Debian"
 
     def unpriv(*args: str):
         return subprocess.run(["setpriv", "--bounding-set", "-net_admin", sys.executable, "-m",
