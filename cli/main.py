@@ -106,13 +106,6 @@ def run(
             created = engine.create(opts, progress=progress)
         _warnings(created.warnings)
         raise typer.Exit(_attach_until_exit(engine, created.container, tty, stdin_open=True))
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-
-    def show(line) -> None:
-        stream = out if line.stream == 1 else err
-        stream.write(line.data)
-        stream.flush()
-
     import contextlib
 
     with contextlib.ExitStack() as pulling:
@@ -122,11 +115,18 @@ def run(
             pulling.close()  # the pull's display ends before the container's output
             _warnings(c.warnings)
 
-        result = engine.run(opts, progress, on_created=created, on_output=show)
+        result = engine.run(opts, progress, on_created=created, on_output=_show_line)
     if detach:
         sys.stdout.write(result.container.id + "\n")
         return
     raise typer.Exit(result.exit_code)
+
+
+def _show_line(line) -> None:
+    """A line of the container's output on our stdout or stderr, as it came."""
+    stream = sys.stdout.buffer if line.stream == 1 else sys.stderr.buffer
+    stream.write(line.data)
+    stream.flush()
 
 
 def _attach_until_exit(engine, container, use_tty: bool, stdin_open: bool) -> int:
@@ -358,10 +358,22 @@ def start(
     interactive: Annotated[bool, typer.Option("-i", "--interactive", help="attach STDIN")] = False,
 ) -> None:
     """Start stopped containers."""
+    from hv.errors import UsageError
+
     engine = _engine()
+    if (attach or interactive) and len(containers) > 1:
+        raise UsageError("you cannot start and attach multiple containers at once",
+                         hint="start them without -a/-i, or one at a time")
+    if attach and not interactive and not engine.container(containers[0]).active:
+        # this boot's output from its first line to the exit, as a foreground run
+        result = engine.start_follow(containers[0], on_output=_show_line)
+        raise typer.Exit(result.exit_code)
     if attach or interactive:
-        c = engine.start(containers[0])
-        engine.wait_started(c)
+        c = engine.container(containers[0])
+        if c.active:
+            engine.wait_started(c)
+        else:  # the main process waits for this attach, as `run -i`'s does
+            c = engine.start(containers[0], wait_attach=True)
         raise typer.Exit(_attach_until_exit(engine, c, c.record.tty, stdin_open=interactive))
 
     def one(ref: str) -> None:

@@ -130,10 +130,12 @@ class Creating:
                 self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
                                  first_boot=True)
                 interfaces = self._interfaces(cid)
+                restrict = self._restricted(record)
                 if record.networks:  # what the domain has, for `start` after a connect
                     (cdir / "nics.defined").write_text(
-                        json.dumps([(i.tap, i.mac) for i in interfaces]))
-                xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces)
+                        json.dumps(self._nics_mark(record, interfaces)))
+                xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
+                                  restrict=restrict)
                 self._boot(record, xml=xml, via=opened)
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt) and xml is not None:
@@ -353,7 +355,7 @@ def _qemu_img_overlay(base: Path, disk: Path, root: Path) -> None:
 
 
 def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAssets,
-                interfaces: list | None = None) -> str:
+                interfaces: list | None = None, restrict: bool = False) -> str:
     paths = ctx.paths
     from hv.runtime.domain import (
         Balloon,
@@ -402,7 +404,7 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
             FileChannel("hv.status", paths.container_status(cid)),
         ],
         serial=FileSerial(paths.container_console(cid)),
-        network=UserNetwork(),
+        network=UserNetwork(restrict=restrict),  # --internal only, or none: no way out
         interfaces=list(interfaces or []),  # hv networks' NICs, after the user-mode one
         rng=Rng(),
         balloon=Balloon(),  # free page reporting: what the guest frees goes back to the host

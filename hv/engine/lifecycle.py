@@ -78,8 +78,9 @@ class Lifecycle:
                                  f"the container did not start within {timeout:.0f} s")
             time.sleep(POLL)
 
-    def follow(self, c: Container, on_line: Callable[[LogLine], None]) -> int:
-        """Stream the main process's output from the start until it exits; its exit code.
+    def follow(self, c: Container, on_line: Callable[[LogLine], None], offset: int = 0) -> int:
+        """Stream the main process's output from `offset` of its log (0: the first boot's
+        start) until it exits; its exit code.
 
         Raises the exec error (126/127) when the command could not be started.
         """
@@ -90,7 +91,6 @@ class Lifecycle:
         from hv.runtime.domains import qemu_exit_fd
 
         decoder = LogDecoder()
-        offset = 0
         exit_fd = qemu_exit_fd(self.libvirt, c.name)  # power-off wakes us at once, output is polled
         # short commands end within the first seconds: poll briskly there, gently after
         brisk_until = time.monotonic() + 2.0
@@ -239,7 +239,10 @@ class Lifecycle:
             self._container_event("stop", c)
         return c
 
-    def start(self, ref: str, watch: bool = True) -> Container:
+    def start(self, ref: str, watch: bool = True, wait_attach: bool = False) -> Container:
+        """Boot a stopped container (a running one is returned as it is). `wait_attach`:
+        its main process waits for the first attach (`start -ai`, as `run -i`), so a short
+        command's first output is not gone before the client is there."""
         from hv import restart
         from hv.runtime.domains import wait_reaped
 
@@ -250,12 +253,31 @@ class Lifecycle:
         wait_reaped(self.libvirt, c.name)
         restart.clear_user_stop(self.paths, c.id)
         xml = self._network_xml(c) if c.record.networks else None
-        self._write_seed(c.record)
+        self._write_seed(c.record, wait_attach=wait_attach)
         self._boot(c.record, xml=xml)
         self._container_event("start", c)
         if watch and c.record.restart != "no":
             restart.spawn_watcher(c.id, self.config.child_environ())
         return replace(c, active=True, paused=False)
+
+    def start_follow(self, ref: str, on_output: Callable[[LogLine], None]) -> RunResult:
+        """`start -a` without stdin on a stopped container: boot it and follow this boot's
+        output (not the earlier runs' in the same log) to its exit, as a foreground `run`
+        does; its exit code (`--rm` removes it)."""
+        c = self.container(ref)
+        try:
+            offset = self.paths.container_log(c.id).stat().st_size
+        except FileNotFoundError:
+            offset = 0
+        c = self.start(ref)
+        try:
+            code = self.follow(c, on_output, offset=offset)
+            self._container_event("die", c, exitCode=str(code))
+        except KeyboardInterrupt:
+            self.stop_now(c)
+            return RunResult(c, 130, interrupted=True)
+        self.finish_run(c)
+        return RunResult(c, code)
 
     def restart(self, ref: str, timeout: int = 10) -> Container:
         self.stop(ref, timeout)

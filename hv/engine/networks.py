@@ -159,6 +159,20 @@ class Networks:
             e.exit_code = 125
             raise
 
+    def _restricted(self, record: Record) -> bool:
+        """The user-mode NIC cut off from the host and the outside (`--internal` networks
+        only, or `none`); its forwards (agent, -p) keep working."""
+        from hv.network import ops
+
+        return bool(record.networks) and not ops.outbound_allowed(self.paths.state_root(),
+                                                                   record.id)
+
+    def _nics_mark(self, record: Record, interfaces: list) -> dict:
+        """What the domain was defined with (`nics.defined`), to tell at a start whether a
+        connect/disconnect since then needs the domain defined again."""
+        return {"nics": [[i.tap, i.mac] for i in interfaces],
+                "restrict": self._restricted(record)}
+
     def _guest_network(self, record: Record) -> tuple[list | None, str | None]:
         """The seed's `nics` and `hosts` (None, None: the agent's defaults)."""
         from hv.network import hosts, ops
@@ -212,16 +226,19 @@ class Networks:
         from hv.runtime.accel import detect
 
         interfaces = self._interfaces(c.id)
-        wanted = [(i.tap, i.mac) for i in interfaces]
+        wanted = self._nics_mark(c.record, interfaces)
         mark = self.paths.container_dir(c.id) / "nics.defined"
         try:
-            defined = [tuple(x) for x in json.loads(mark.read_text())]
+            defined = json.loads(mark.read_text())
         except (OSError, ValueError):
             defined = None
+        if isinstance(defined, list):  # an older hv's mark: the NICs alone, never restricted
+            defined = {"nics": defined, "restrict": False}
         if defined == wanted:
             return None
         xml = _domain_xml(self.ctx, self.volumes, c.record, detect(self.paths, self.config.accel),
-                          _guest_assets(self.paths, self.config.firmware), interfaces)
+                          _guest_assets(self.paths, self.config.firmware), interfaces,
+                          restrict=wanted["restrict"])
         mark.write_text(json.dumps(wanted))
         return xml
 

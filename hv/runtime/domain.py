@@ -89,14 +89,32 @@ class FileSerial:
 
 @dataclass
 class UserNetwork:
-    """SLIRP user networking: works unprivileged, no bridge, no vhost."""
+    """SLIRP user networking: works unprivileged, no bridge, no vhost.
+
+    `restrict`: QEMU's `restrict=on`, the guest reaches neither the host nor the outside
+    while explicit host forwards (the agent's SSH, `-p`) keep working — what `--internal`
+    and `--network none` mean. libvirt 9.0's <interface type='user'> cannot say it, so the
+    NIC is then given to QEMU directly, under libvirt's netdev id for a first interface
+    (`hostnet0`, where hv.runtime.forwards adds the forwards)."""
 
     model: str = "virtio"
+    restrict: bool = False
 
     def element(self, devices: ET.Element) -> None:
+        if self.restrict:
+            return  # see qemu_args
         iface = _sub(devices, "interface", type="user")
         _sub(iface, "model", type=self.model)
         _sub(iface, "rom", enabled="no")  # the iPXE option ROM costs ~0.1 s of boot, unused
+
+    def qemu_args(self) -> list[str]:
+        if not self.restrict:
+            return []
+        # QEMU places it before libvirt's devices (which carry fixed addresses from slot 2
+        # up): the last slot of pc's bus, which libvirt fills only past 29 devices
+        return ["-netdev", "user,id=hostnet0,restrict=on",
+                "-device", "virtio-net-pci,netdev=hostnet0,id=hv-user-nic,romfile=,"
+                           "bus=pci.0,addr=0x1f"]
 
 
 @dataclass
@@ -109,6 +127,7 @@ class EthernetInterface:
     tap: str
     mac: str
     model: str = "virtio"
+    alias: str | None = None  # "ua-…": its netdev is then "host" + alias, never hostnet0
 
     def element(self, devices: ET.Element) -> None:
         iface = _sub(devices, "interface", type="ethernet")
@@ -116,6 +135,8 @@ class EthernetInterface:
         _sub(iface, "target", dev=self.tap, managed="no")
         _sub(iface, "model", type=self.model)
         _sub(iface, "rom", enabled="no")
+        if self.alias:
+            _sub(iface, "alias", name=self.alias)
 
     def to_xml(self) -> str:
         """The <interface> alone, for a hot-plug (libvirt attachDevice)."""
@@ -252,9 +273,12 @@ class DomainSpec:
         for fs in self.filesystems:
             fs.element(devices)
         _sub(devices, "controller", type="usb", model="none")
+        restricted = self.network is not None and self.network.restrict
         if self.network is not None:
             self.network.element(devices)
-        for iface in self.interfaces:
+        for n, iface in enumerate(self.interfaces):
+            if restricted and not iface.alias:  # libvirt would call the first one hostnet0
+                iface = EthernetInterface(iface.tap, iface.mac, iface.model, f"ua-hvnic{n}")
             iface.element(devices)
         if self.serial is not None:
             self.serial.element(devices)
@@ -266,9 +290,10 @@ class DomainSpec:
             self.balloon.element(devices)
         else:
             _sub(devices, "memballoon", model="none")
-        if self.qemu_args:
+        qemu_args = [*self.qemu_args, *(self.network.qemu_args() if self.network else [])]
+        if qemu_args:
             cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-            for arg in self.qemu_args:
+            for arg in qemu_args:
                 ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
         ET.indent(dom)
         return ET.tostring(dom, encoding="unicode") + "\n"

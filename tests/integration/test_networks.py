@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,75 @@ def test_none_has_no_hv_nic_and_add_host(hv, busybox):
     assert p.stdout.splitlines() == ["0", "10.1.2.3\tdb.example"], p.stderr
     doc = json.loads(hv("network", "inspect", "none", check=True).stdout)[0]
     assert doc["Containers"] == {}
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP server on the host's loopback that answers `host-ok`: what a container reaches
+    at 10.0.2.2 (the user-mode NIC's name for the host's 127.0.0.1) when it has a way out.
+    Loopback only, so nothing ever leaves the machine."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"host-ok\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    srv.close()
+
+
+def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox,
+                                                                      host_listener):
+    probe = f"nc -w 3 10.0.2.2 {host_listener} </dev/null; echo probed"
+    # the probe can succeed: a container on the default bridge reaches the host's listener
+    p = hv("run", "--rm", busybox, "sh", "-c", probe)
+    assert p.stdout.splitlines() == ["host-ok", "probed"], p.stderr
+    hv("network", "create", "--internal", "--subnet", "10.233.0.0/24", "nt-int", check=True)
+    try:
+        hv("run", "-d", "--name", "nt-isrv", "--network", "nt-int", "-p", "127.0.0.1::8080",
+           busybox, "sh", "-c", SERVE, check=True)
+        doc = json.loads(hv("network", "inspect", "nt-int", check=True).stdout)[0]
+        assert doc["Internal"] is True
+        p = hv("run", "--rm", "--network", "nt-int", busybox, "sh", "-c",
+               f"{probe}; nc nt-isrv 8080 </dev/null")
+        assert "host-ok" not in p.stdout, p.stdout  # no way out ...
+        assert "probed\nhello-from-" in p.stdout, p.stderr  # ... but its peers by name
+        assert sh(hv, "nt-isrv", "echo via-agent").stdout == "via-agent\n"  # the agent's forward
+        port = hv("port", "nt-isrv", "8080", check=True).stdout.split(":")[-1].strip()
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as c:
+            c.settimeout(30)
+            assert c.recv(64).startswith(b"hello-from-")  # -p's forward
+        # connected to a normal network as well, a container gets its way out (the domain
+        # is defined again at its start), and loses it when that network goes
+        hv("network", "create", "--subnet", "10.234.0.0/24", "nt-ext", check=True)
+        try:
+            p = hv("run", "--name", "nt-both", "--network", "nt-int", busybox, "sh", "-c", probe)
+            assert p.stdout.splitlines() == ["probed"], p.stderr
+            hv("network", "connect", "nt-ext", "nt-both", check=True)
+            p = hv("start", "-a", "nt-both")
+            assert p.stdout.splitlines() == ["host-ok", "probed"], p.stderr
+            hv("network", "disconnect", "nt-ext", "nt-both", check=True)
+            p = hv("start", "-a", "nt-both")
+            assert p.stdout.splitlines() == ["probed"], p.stderr
+        finally:
+            hv("rm", "-f", "nt-both")
+            hv("network", "rm", "nt-ext")
+    finally:
+        hv("rm", "-f", "nt-isrv")
+        hv("network", "rm", "nt-int")
+    p = hv("run", "--rm", "--network", "none", busybox, "sh", "-c", probe)
+    assert p.stdout.splitlines() == ["probed"], p.stderr
 
 
 def test_run_network_refusals_exit_125_and_leave_nothing(hv, busybox):

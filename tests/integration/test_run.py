@@ -146,6 +146,24 @@ def test_rm_force_running_and_several(hv, busybox):
     assert a.stdout.strip() not in container_dirs(hv)
 
 
+def test_start_attach_shows_this_boot_and_its_exit_code(hv, busybox):
+    """`start -a` of a command that ends at once: this boot's output (not the earlier runs'
+    in the same log) and its code; `start -ai` feeds stdin to a main process that waited
+    for the attach."""
+    try:
+        p = hv("run", "--name", "hv-test-sa", busybox, "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (p.returncode, p.stdout, p.stderr[-4:]) == (3, "out\n", "err\n")
+        p = hv("start", "-a", "hv-test-sa")
+        assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")  # no notice twice
+        hv("run", "-i", "--name", "hv-test-sai", busybox, "cat", input="first\n", check=True)
+        p = hv("start", "-ai", "hv-test-sai", input="second\n")
+        assert (p.returncode, p.stdout) == (0, "second\n"), p.stderr
+        p = hv("start", "-a", "hv-test-sa", "hv-test-sai")
+        assert p.returncode == 1 and "cannot start and attach multiple" in p.stderr
+    finally:
+        hv("rm", "-f", "hv-test-sa", "hv-test-sai")
+
+
 def test_detached_rm_is_removed_after_exit(hv, busybox):
     cid = hv("run", "-d", "--rm", busybox, "sh", "-c", "sleep 1", check=True).stdout.strip()
     hv.wait_for(lambda: cid[:12] not in hv("ps", "-a", "-q").stdout, timeout=90)

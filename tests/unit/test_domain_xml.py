@@ -112,3 +112,31 @@ def test_interface_alone_for_hotplug():
     el = ET.fromstring(EthernetInterface("hvt-0123abcd-2", "02:42:ac:12:00:09").to_xml())
     assert el.tag == "interface" and el.get("type") == "ethernet"
     assert el.find("model").get("type") == "virtio"
+
+
+def test_restricted_user_nic_is_qemus_own_under_libvirts_first_netdev_id():
+    """--internal / none: QEMU's restrict=on (libvirt cannot say it), the netdev keeps the id
+    the host forwards use, and the hv NICs get aliases so libvirt names no netdev hostnet0."""
+    from hv.runtime.domain import QEMU_NS, EthernetInterface
+    from hv.runtime.forwards import NETDEV
+
+    spec = make()
+    spec.network = UserNetwork(restrict=True)
+    spec.interfaces = [EthernetInterface("hvt-0123abcd-0", "02:42:ac:12:00:02"),
+                       EthernetInterface("hvt-0123abcd-1", "02:42:ac:13:00:05")]
+    dom = ET.fromstring(spec.to_xml())
+    ifaces = dom.findall("devices/interface")
+    assert [i.get("type") for i in ifaces] == ["ethernet", "ethernet"]
+    assert [i.find("alias").get("name") for i in ifaces] == ["ua-hvnic0", "ua-hvnic1"]
+    args = [a.get("value") for a in dom.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    netdev = args[args.index("-netdev") + 1]
+    assert netdev == f"user,id={NETDEV},restrict=on"
+    device = args[args.index("-device") + 1]
+    assert f"netdev={NETDEV}" in device and "addr=0x1f" in device
+    assert args[:2] == ["-action", "shutdown=poweroff"]  # hv's own arguments stay
+    # unrestricted: libvirt's <interface type='user'> as before, no alias on the others
+    spec.network = UserNetwork()
+    dom = ET.fromstring(spec.to_xml())
+    assert [i.get("type") for i in dom.findall("devices/interface")] == ["user", "ethernet",
+                                                                           "ethernet"]
+    assert dom.find("devices/interface/alias") is None
