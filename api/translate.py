@@ -26,7 +26,8 @@ _CONFIG_DONE = {
 }
 _HOST_DONE = {
     "Binds", "Mounts", "PortBindings", "PublishAllPorts", "AutoRemove", "RestartPolicy",
-    "Memory", "NanoCpus", "ConsoleSize", "NetworkMode", "ExtraHosts",
+    "Memory", "NanoCpus", "ConsoleSize", "NetworkMode", "ExtraHosts", "Dns", "DnsSearch",
+    "DnsOptions",
 }
 # Values of fields hv does not do that mean "as usual" (what docker/cli and docker-py send
 # for a plain `run`).
@@ -195,6 +196,9 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
         network_aliases=aliases,
         ip=ip,
         add_hosts=_strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
+        dns=_strings(host.get("Dns"), "HostConfig.Dns"),
+        dns_search=_strings(host.get("DnsSearch"), "HostConfig.DnsSearch"),
+        dns_options=_strings(host.get("DnsOptions"), "HostConfig.DnsOptions"),
     )
     return opts, warnings
 

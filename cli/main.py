@@ -83,7 +83,9 @@ def run(
     network: Annotated[list[str] | None, typer.Option("--network", "--net", help="connect to a network: NAME, bridge (the default) or none")] = None,
     network_alias: Annotated[list[str] | None, typer.Option("--network-alias", help="a name the container also has on its (user-defined) network")] = None,
     ip: Annotated[str | None, typer.Option("--ip", help="IPv4 address on the network (user subnets only)")] = None,
-    dns: Annotated[list[str] | None, typer.Option("--dns", help="DNS server (not supported yet)")] = None,
+    dns: Annotated[list[str] | None, typer.Option("--dns", help="set custom DNS servers")] = None,
+    dns_search: Annotated[list[str] | None, typer.Option("--dns-search", help="set custom DNS search domains")] = None,
+    dns_option: Annotated[list[str] | None, typer.Option("--dns-option", help="set DNS options")] = None,
     add_host: Annotated[list[str] | None, typer.Option("--add-host", help="an /etc/hosts entry, NAME:IP")] = None,
 ) -> None:
     """Create and start a container (a VM) from an image."""
@@ -96,7 +98,8 @@ def run(
         publish=list(publish or []), publish_all=publish_all, tty=tty, interactive=interactive,
         restart=restart, volumes=list(volume or []), mounts=list(mount or []),
         networks=list(network or []), network_aliases=list(network_alias or []), ip=ip,
-        dns=list(dns or []), add_hosts=list(add_host or []),
+        dns=list(dns or []), dns_search=list(dns_search or []),
+        dns_options=list(dns_option or []), add_hosts=list(add_host or []),
     )
     engine = _engine()
     from cli.progress import pull_progress

@@ -46,6 +46,9 @@ class Record:
     volumes: list[dict] = field(default_factory=list)  # resolved mounts (hv.volumes.attach)
     networks: list[str] = field(default_factory=list)  # `--network` as given; [] = none joined
     add_hosts: list[str] = field(default_factory=list)  # "NAME:IP", checked
+    dns: list[str] = field(default_factory=list)  # nameservers (checked IPs); [] = 10.0.2.3
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -152,6 +155,9 @@ class Container:
                 "AutoRemove": r.auto_remove,
                 "NetworkMode": r.networks[0] if r.networks else "default",
                 "ExtraHosts": list(r.add_hosts) or None,
+                "Dns": list(r.dns),
+                "DnsSearch": list(r.dns_search),
+                "DnsOptions": list(r.dns_options),
                 "PortBindings": _port_bindings(r.ports),
                 "RestartPolicy": {"Name": r.restart.partition(":")[0],
                                   "MaximumRetryCount": int(r.restart.partition(":")[2] or 0)},

@@ -57,7 +57,9 @@ class RunOptions:
     networks: list[str] = field(default_factory=list)  # `--network`: [] is the default bridge
     network_aliases: list[str] = field(default_factory=list)  # on the first network
     ip: str | None = None  # `--ip`, on the first network
-    dns: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)  # `--dns IP`: the container's nameservers
+    dns_search: list[str] = field(default_factory=list)  # `--dns-search DOMAIN`
+    dns_options: list[str] = field(default_factory=list)  # `--dns-option OPT`
     add_hosts: list[str] = field(default_factory=list)  # `--add-host NAME:IP`, as typed
 
 

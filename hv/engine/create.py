@@ -62,6 +62,7 @@ class Creating:
 
         published = [ports.parse(p) for p in opts.publish]
         networks, add_hosts = self._plan_networks(opts)
+        dns, dns_search, dns_options = self._plan_dns(opts)
         # every flag and the guest checked before any download
         assets = _guest_assets(self.paths, self.config.firmware)
         image = self._image_for_run(opts.image, progress)
@@ -103,7 +104,7 @@ class Creating:
             nano_cpus=int(cpus * 1e9), auto_remove=opts.auto_remove, accel=accel.name,
             ports=[p.to_dict() for p in published], tty=opts.tty,
             stdin_open=opts.interactive, restart=policy.to_text(), networks=networks,
-            add_hosts=add_hosts,
+            add_hosts=add_hosts, dns=dns, dns_search=dns_search, dns_options=dns_options,
         )
         cdir = self.paths.container_dir(cid)
         held = _new_container_dir(self.paths, cid, self.libvirt.embedded)
@@ -251,7 +252,7 @@ class Creating:
             authorized_keys=self.paths.container_client_public(cid).read_text(),
             ssh_host_key=self.paths.container_host_private(cid).read_text(),
             mounts=_guest_mounts(record, first_boot and not maintenance),
-            nics=nics, hosts=hosts,
+            nics=nics, hosts=hosts, resolv=_resolv_conf(record),
         ))
 
     def _notice_once(self, key: str, text: str, warnings: list[str]) -> None:
@@ -262,6 +263,19 @@ class Creating:
         warnings.append(text)
         with contextlib.suppress(OSError):
             marker.write_text(text + "\n")
+
+
+def _resolv_conf(record: Record) -> str | None:
+    """The container's /etc/resolv.conf for `--dns`/`--dns-search`/`--dns-option`, as
+    Docker writes it; None: the agent's (the user-mode NIC's resolver, 10.0.2.3)."""
+    if not (record.dns or record.dns_search or record.dns_options):
+        return None
+    lines = [f"nameserver {ip}" for ip in record.dns or ["10.0.2.3"]]
+    if record.dns_search:
+        lines.append("search " + " ".join(record.dns_search))
+    if record.dns_options:
+        lines.append("options " + " ".join(record.dns_options))
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -94,6 +94,31 @@ class Networks:
 
     # --- what create / start / rm do ---------------------------------------------------------
 
+    @staticmethod
+    def _plan_dns(opts: RunOptions) -> tuple[list[str], list[str], list[str]]:
+        """`--dns`, `--dns-search`, `--dns-option` checked as Docker's flags check them."""
+        import ipaddress
+
+        for ip in opts.dns:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise UsageError(f'invalid argument "{ip}" for "--dns" flag: {ip} is not an '
+                                 "ip address", hint="give a nameserver's address, e.g. "
+                                 "--dns 192.0.2.53", exit_code=125) from None
+        for flag, values in (("--dns-search", opts.dns_search),
+                             ("--dns-option", opts.dns_options)):
+            for v in values:
+                if not v or len(v) > 255 or any(ch.isspace() for ch in v) or \
+                        (flag == "--dns-search" and v != "." and
+                         (v.startswith(("-", ".")) or ".." in v)):
+                    raise UsageError(f'invalid argument "{v}" for "{flag}" flag',
+                                     hint="one domain (or option) per flag, no spaces",
+                                     exit_code=125)
+        # "." alone means "no search domain" (Docker's)
+        search = [] if opts.dns_search == ["."] else list(opts.dns_search)
+        return list(opts.dns), search, list(opts.dns_options)
+
     def _plan_networks(self, opts: RunOptions) -> tuple[list[str], list[str]]:
         """Before anything is made: the networks to join (checked to exist) and the
         `--add-host` entries. Errors here are `run`'s: exit 125."""
@@ -102,11 +127,6 @@ class Networks:
 
         try:
             add_hosts = [":".join(parse_add_host(h)) for h in opts.add_hosts]
-            if opts.dns:
-                raise UsageError("--dns is not supported yet: the guest's resolver is the "
-                                 "user-mode NIC's (10.0.2.3), which forwards to the host's",
-                                 hint="leave --dns out; names on user-defined networks "
-                                      "resolve through /etc/hosts")
             names = list(dict.fromkeys(opts.networks))
             if not names:
                 if not datapath.can_admin():  # unprivileged: user-mode NIC only (documented)

@@ -66,6 +66,7 @@ class GuestSpec:
     mounts: list[GuestMount] | None = None  # volumes and bind mounts
     nics: list[GuestNic] | None = None  # NICs on hv networks (besides the user-mode one)
     hosts: str | None = None  # the whole /etc/hosts; None: the agent writes its default
+    resolv: str | None = None  # the whole /etc/resolv.conf; None: the user-mode resolver
 
 
 def _mounts(mounts: list[GuestMount]) -> bytes:
@@ -149,6 +150,8 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
         files["nics"] = _nics(spec.nics)
     if spec.hosts is not None:
         files["hosts"] = _text(spec.hosts, "hosts")
+    if spec.resolv is not None:
+        files["resolv"] = _text(spec.resolv, "resolv")
     # sshd runs only when both keys are there; an absent file means "no sshd".
     if spec.authorized_keys or spec.ssh_host_key:
         if not (spec.authorized_keys and spec.ssh_host_key):

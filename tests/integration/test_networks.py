@@ -216,6 +216,30 @@ def test_none_has_no_hv_nic_and_add_host(hv, busybox):
     assert doc["Containers"] == {}
 
 
+def test_dns_flags_write_resolv_conf_and_show_in_inspect(hv, busybox):
+    """Only the file is checked: a lookup through 192.0.2.53 would leave the machine."""
+    try:
+        p = hv("run", "--name", "nt-dns", "--network", "none", "--dns", "192.0.2.53", "--dns",
+               "2001:db8::53", "--dns-search", "example.test", "--dns-option", "ndots:2",
+               busybox, "cat", "/etc/resolv.conf")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == ("nameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+                            "search example.test\noptions ndots:2\n")
+        host = json.loads(hv("inspect", "nt-dns", check=True).stdout)[0]["HostConfig"]
+        assert host["Dns"] == ["192.0.2.53", "2001:db8::53"]
+        assert (host["DnsSearch"], host["DnsOptions"]) == (["example.test"], ["ndots:2"])
+    finally:
+        hv("rm", "-f", "nt-dns")
+    # without them: the user-mode NIC's resolver, as before
+    p = hv("run", "--rm", "--network", "none", busybox, "cat", "/etc/resolv.conf")
+    assert p.stdout == "nameserver 10.0.2.3\n", p.stderr
+    for args, text in ((("--dns", "not-an-ip"), 'invalid argument "not-an-ip" for "--dns"'),
+                       (("--dns-search", "a b"), 'invalid argument "a b" for "--dns-search"')):
+        p = hv("run", "--rm", "--name", "nt-dns-bad", *args, busybox, "true")
+        assert p.returncode == 125 and text in one_error(p), p.stderr
+        assert "nt-dns-bad" not in hv("ps", "-a", "--format", "{{.Names}}").stdout
+
+
 @pytest.fixture
 def host_listener():
     """A TCP server on the host's loopback that answers `host-ok`: what a container reaches

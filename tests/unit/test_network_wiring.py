@@ -66,7 +66,6 @@ def _plan(engine, **kw):
     ({"networks": ["bridge"], "network_aliases": ["x"]},
      "network-scoped alias is supported only for containers in user defined networks"),
     ({"networks": ["none", "bridge"]}, "private (none) mode"),
-    ({"dns": ["1.1.1.1"]}, "--dns is not supported yet"),
     ({"add_hosts": ["bad"]}, "bad format for add-host"),
 ])
 def test_run_network_errors_are_125_before_anything_is_made(engine, kw, text):
@@ -75,6 +74,17 @@ def test_run_network_errors_are_125_before_anything_is_made(engine, kw, text):
     assert text in e.value.message
     assert e.value.exit_code == 125 and e.value.hint
     assert not (engine.paths.containers_dir()).exists()
+
+
+def test_dns_flags_checked_as_dockers(engine):
+    plan = engine._plan_dns
+    assert plan(RunOptions(image="b", dns=["192.0.2.1"], dns_search=["."])) == \
+        (["192.0.2.1"], [], [])
+    for kw in ({"dns": ["x"]}, {"dns": ["192.0.2.300"]}, {"dns_search": ["a b"]},
+               {"dns_search": ["-a"]}, {"dns_options": [""]}):
+        with pytest.raises(HvError) as e:
+            plan(RunOptions(image="b", **kw))
+        assert e.value.exit_code == 125 and e.value.hint and "invalid argument" in e.value.message
 
 
 def test_run_default_is_bridge_as_root_and_add_hosts_kept(engine):
@@ -140,7 +150,7 @@ def test_run_network_flag_errors_exit_125(tmp_path):
         (("--network", "nosuch"), "network nosuch not found"),
         (("--network-alias", "x"),
          "network-scoped alias is supported only for containers in user defined networks"),
-        (("--dns", "1.1.1.1"), "--dns is not supported yet"),
+        (("--dns", "1.1.1"), 'invalid argument "1.1.1" for "--dns" flag'),
         (("--add-host", "oops"), "bad format for add-host"),
     ]:
         p = cli(tmp_path, "run", "--rm", *args, "busybox", "true")
