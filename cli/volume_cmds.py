@@ -189,9 +189,10 @@ def system_prune(
     volumes: Annotated[bool, typer.Option("--volumes", help="prune anonymous volumes")] = False,
     force: Annotated[bool, typer.Option("-f", "--force", help="do not ask")] = False,
 ) -> None:
-    """Remove stopped containers, dangling (-a: unused) images, (--volumes) anonymous volumes."""
+    """Remove stopped containers, unused networks, dangling (-a: unused) images, (--volumes)
+    anonymous volumes."""
 
-    items = ["all stopped containers"]
+    items = ["all stopped containers", "all networks not used by at least one container"]
     if volumes:
         items.append("all anonymous volumes not used by at least one container")
     items.append("all images without at least one container associated to them" if all
@@ -203,6 +204,8 @@ def system_prune(
     out = sys.stdout
     if rep.containers:
         out.write("Deleted Containers:\n" + "".join(c + "\n" for c in rep.containers) + "\n")
+    if rep.networks:
+        out.write("Deleted Networks:\n" + "".join(n + "\n" for n in rep.networks) + "\n")
     if rep.volumes:
         out.write("Deleted Volumes:\n" + "".join(v + "\n" for v in rep.volumes) + "\n")
     if rep.images:

@@ -2,7 +2,8 @@
 
 Docker's rules: prune removes stopped containers, then (with `--volumes`) anonymous volumes
 no container uses (named ones need `hv volume prune -a`), then dangling images (untagged),
-or with `-a` every image no container uses. hv has no networks and no build cache.
+or with `-a` every image no container uses; user-defined networks no container is on go
+after the containers. hv has no build cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hv.paths import Paths
 @dataclass
 class PruneReport:
     containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)  # names
     volumes: list[str] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # ("untagged"|"deleted", ref)
     reclaimed: int = 0
@@ -48,6 +50,7 @@ def prune(engine, all_images: bool = False, with_volumes: bool = False) -> Prune
         rep.reclaimed += container_size(engine.paths, c.id)
         engine.remove(c.id)
         rep.containers.append(c.id)
+    rep.networks = engine.network_prune()
     if with_volumes:
         names, freed = engine.volumes.prune(all=False)
         rep.volumes, rep.reclaimed = names, rep.reclaimed + freed

@@ -308,6 +308,7 @@ def test_system_df_and_prune(own_root, test_images_dir):
     hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
     hv("run", "--name", "gone", "-v", "kept-named:/k", "-v", "/anon", "busybox", "sh", "-c",
        "head -c 300000 /dev/zero > /anon/f", check=True)
+    hv("network", "create", "--subnet", "10.237.0.0/24", "unused-net", check=True)
     p = hv("system", "df")
     lines = p.stdout.splitlines()
     assert lines[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], p.stdout
@@ -322,6 +323,8 @@ def test_system_df_and_prune(own_root, test_images_dir):
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert out.startswith("Deleted Containers:\n") and "Deleted Volumes:\n" in out
+    assert "\n\nDeleted Networks:\nunused-net\n\nDeleted Volumes:\n" in out  # Docker's order
+    assert hv("network", "ls", "--format", "{{.Name}}").stdout.split() == ["bridge", "none"]
     assert "Deleted Images:\nuntagged: busybox:latest\ndeleted: sha256:" in out
     assert out.splitlines()[-1].startswith("Total reclaimed space: ")
     assert hv("ps", "-aq").stdout == "" and hv("images", "-q").stdout == ""
