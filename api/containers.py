@@ -120,6 +120,10 @@ def routes(svc) -> list:
         engine.pause(ref, False)
         return Response(204)
 
+    def rename(req: Request, ref: str) -> Response:
+        engine.rename(ref, req.arg("name") or "")
+        return Response(204)
+
     def wait(req: Request, ref: str) -> Response:
         c = engine.container(ref)
         condition = req.arg("condition") or "not-running"
@@ -374,6 +378,7 @@ def routes(svc) -> list:
         ("POST", f"/containers/{ID}/pause", pause),
         ("POST", f"/containers/{ID}/unpause", unpause),
         ("POST", f"/containers/{ID}/wait", wait),
+        ("POST", f"/containers/{ID}/rename", rename),
         ("POST", f"/containers/{ID}/resize", resize),
         ("GET", f"/containers/{ID}/logs", logs),
         ("POST", f"/containers/{ID}/attach", attach),

@@ -406,6 +406,15 @@ def kill(
 
 
 @app.command()
+def rename(
+    container: Annotated[str, typer.Argument(help="the container")],
+    new_name: Annotated[str, typer.Argument(help="its new name")],
+) -> None:
+    """Rename a container (running or not)."""
+    _engine().rename(container, new_name)
+
+
+@app.command()
 def pause(containers: Annotated[list[str], typer.Argument()]) -> None:
     """Pause all processes (the VM's vCPUs) of containers."""
     engine = _engine()

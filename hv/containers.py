@@ -49,6 +49,7 @@ class Record:
     dns: list[str] = field(default_factory=list)  # nameservers (checked IPs); [] = 10.0.2.3
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
+    domain: str = ""  # the libvirt domain's name ("" = `name`, as hv made them before rename)
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -57,6 +58,12 @@ class Record:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def domain_name(self) -> str:
+        """The libvirt domain's name: what every libvirt call takes. The container's name
+        until a `rename`."""
+        return self.domain or self.name
 
     @property
     def argv(self) -> list[str]:
@@ -87,6 +94,10 @@ class Container:
     @property
     def name(self) -> str:
         return self.record.name
+
+    @property
+    def domain(self) -> str:
+        return self.record.domain_name
 
     @property
     def short_id(self) -> str:
@@ -176,7 +187,7 @@ class Container:
             },
             "NetworkSettings": _network_settings(self.paths, r.id),
             "VM": {
-                "Domain": r.name,
+                "Domain": r.domain or r.name,
                 "Accelerator": r.accel,
                 "Vcpus": r.vcpus,
                 "MemoryMiB": r.memory_mib,

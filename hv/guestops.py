@@ -87,9 +87,9 @@ def wait_powered_off(ctx: Context, c: Container, timeout: float, reap: bool = Tr
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not running(ctx.libvirt, c.name):
+        if not running(ctx.libvirt, c.domain):
             if reap:
-                wait_reaped(ctx.libvirt, c.name)
+                wait_reaped(ctx.libvirt, c.domain)
             return True
         time.sleep(0.02 if not reap else 0.05)
     return False
@@ -101,10 +101,10 @@ def stop(ctx: Context, c: Container, timeout: int) -> None:
 
     if not c.active:
         return
-    if timeout > 0 and ctx.libvirt.call(_send_ctrl_alt_del, c.name):
+    if timeout > 0 and ctx.libvirt.call(_send_ctrl_alt_del, c.domain):
         if wait_powered_off(ctx, c, timeout):
             return
-    destroy(ctx.libvirt, c.name)
+    destroy(ctx.libvirt, c.domain)
     wait_powered_off(ctx, c, 10)
 
 
@@ -120,9 +120,9 @@ def kill(ctx: Context, c: Container, signum: int) -> None:
         try:
             _signal_main(ctx, c, signum)
         except HvError:
-            destroy(ctx.libvirt, c.name)
+            destroy(ctx.libvirt, c.domain)
         if not wait_powered_off(ctx, c, 10, reap=False):
-            destroy(ctx.libvirt, c.name)
+            destroy(ctx.libvirt, c.domain)
             wait_powered_off(ctx, c, 10)
         return
     _signal_main(ctx, c, signum)
@@ -157,7 +157,7 @@ def pause(ctx: Context, c: Container, paused: bool) -> None:
     if c.paused == paused:
         raise Conflict(f"Container {c.id} is {'already' if paused else 'not'} paused",
                        hint="see 'hv ps'")
-    ctx.libvirt.call(_set_paused, c.name, paused)
+    ctx.libvirt.call(_set_paused, c.domain, paused)
 
 
 
@@ -200,13 +200,13 @@ def _sample(conn, names: list[str]) -> dict[str, dict]:
 
 def stats(ctx: Context, cs: list[Container], interval: float = 1.0) -> list[dict]:
     running = [c for c in cs if c.active]
-    names = [c.name for c in running]
+    names = [c.domain for c in running]
     first = ctx.libvirt.call(_sample, names) if names else {}
     time.sleep(interval if names else 0)
     second = ctx.libvirt.call(_sample, names) if names else {}
     rows = []
     for c in cs:
-        a, b = first.get(c.name), second.get(c.name)
+        a, b = first.get(c.domain), second.get(c.domain)
         limit = c.record.memory_mib * 1024 * 1024
         if not b:
             rows.append({"id": c.id, "name": c.name, "cpu": 0.0, "mem": 0, "limit": limit,

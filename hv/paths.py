@@ -314,6 +314,11 @@ class Paths:
         """Docker's events as JSON lines, appended by every hv process (`hv events`)."""
         return self.root / "events.jsonl"
 
+    def container_name(self, cid: str) -> Path:
+        """The name `rename` gave the container (absent: the record's); its libvirt domain
+        keeps the name it was made with (a running domain cannot be renamed)."""
+        return self.container_dir(cid) / "name"
+
     def container_labels(self, cid: str) -> Path:
         """Docker's Config.Labels of the container (JSON), written once at create."""
         return self.container_dir(cid) / "labels.json"

@@ -34,7 +34,7 @@ def watch(config: Config, cid: str) -> None:
         except Exception:  # noqa: BLE001 - removed: nothing left to watch
             return
         policy = parse(c.record.restart)
-        while running(engine.libvirt, c.name):
+        while running(engine.libvirt, c.domain):
             time.sleep(0.2)
         if paths.container_dir(cid).joinpath("user-stopped").exists():
             return

@@ -62,11 +62,11 @@ class Archive:
             # domain defined again when connect/disconnect changed its NICs
             xml = self._network_xml(c) if c.record.networks else None
             if xml is not None:
-                domains.start(self.libvirt, xml, c.name, persistent=True)
+                domains.start(self.libvirt, xml, c.domain, persistent=True)
             else:
-                domains.start_defined(self.libvirt, c.name)
+                domains.start_defined(self.libvirt, c.domain)
             try:
-                bound = forwards.add(self.libvirt, c.name,
+                bound = forwards.add(self.libvirt, c.domain,
                                      [forwards.Forward("tcp", "127.0.0.1", 0, 22)])
                 self.paths.container_ssh_port(c.id).write_text(str(bound[0].host_port))
                 agent = guestops.connect_agent(self.ctx, replace(c, active=True, paused=False),
@@ -76,7 +76,7 @@ class Archive:
                 finally:
                     agent.close()
             finally:
-                domains.destroy(self.libvirt, c.name)
+                domains.destroy(self.libvirt, c.domain)
                 guestops.wait_powered_off(self.ctx, c, 10)
                 self.paths.container_ssh_port(c.id).unlink(missing_ok=True)
                 self._drop_taps(c)

@@ -97,6 +97,9 @@ class Creating:
             published += ports.exposed(image.run_config)
         cid = os.urandom(32).hex()
         hostname = hostname or cid[:12]
+        # a renamed container's domain keeps its first name: a newcomer of that name gets
+        # another domain name
+        domain = name if name not in {c.domain for c in existing} else f"hv-{cid[:12]}"
         record = Record(
             id=cid, name=name, image=opts.image, image_id=image.id, created=time.time(),
             entrypoint=proc.entrypoint, cmd=proc.cmd, env=proc.env, workdir=proc.workdir,
@@ -105,6 +108,7 @@ class Creating:
             ports=[p.to_dict() for p in published], tty=opts.tty,
             stdin_open=opts.interactive, restart=policy.to_text(), networks=networks,
             add_hosts=add_hosts, dns=dns, dns_search=dns_search, dns_options=dns_options,
+            domain=domain,
         )
         cdir = self.paths.container_dir(cid)
         held = _new_container_dir(self.paths, cid, self.libvirt.embedded)
@@ -183,10 +187,11 @@ class Creating:
             forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
             for p in record.ports]
         if xml is not None:
-            bound = domains.start(self.libvirt, xml, record.name, persistent=not record.auto_remove,
+            bound = domains.start(self.libvirt, xml, record.domain_name,
+                                  persistent=not record.auto_remove,
                                   forwards=wanted, via=via)
         else:
-            bound = domains.start_defined(self.libvirt, record.name, forwards=wanted)
+            bound = domains.start_defined(self.libvirt, record.domain_name, forwards=wanted)
         self.paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
         self.paths.container_ports(cid).write_text(json.dumps([
             dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
@@ -390,7 +395,7 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
         memory_backing = MemoryBacking()
     uuid = f"{cid[:8]}-{cid[8:12]}-{cid[12:16]}-{cid[16:20]}-{cid[20:32]}"
     return DomainSpec(
-        name=record.name,
+        name=record.domain_name,
         uuid=uuid,
         kernel=assets.kernel,
         initrd=assets.initrd,
@@ -444,6 +449,6 @@ def _undo_start(lv, record: Record) -> None:
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with contextlib.suppress(HvError):
-            domains.discard_if(lv, record.name, record.id)
+            domains.discard_if(lv, record.domain_name, record.id)
     finally:
         signal.signal(signal.SIGINT, old)

@@ -62,7 +62,7 @@ class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events
         """The QEMU process of a running container (embedded libvirt only), for measuring."""
         from hv.runtime.domains import qemu_pid
 
-        return qemu_pid(self.libvirt, c.name)
+        return qemu_pid(self.libvirt, c.domain)
 
     def host_facts(self):
         """The accelerator, the guest kernel, the host's CPUs and memory (hv.host_info)."""

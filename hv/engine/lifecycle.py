@@ -91,7 +91,7 @@ class Lifecycle:
         from hv.runtime.domains import qemu_exit_fd
 
         decoder = LogDecoder()
-        exit_fd = qemu_exit_fd(self.libvirt, c.name)  # power-off wakes us at once, output is polled
+        exit_fd = qemu_exit_fd(self.libvirt, c.domain)  # power-off wakes us, output is polled
         # short commands end within the first seconds: poll briskly there, gently after
         brisk_until = time.monotonic() + 2.0
         # a virtiofsd that dies under the run would leave it waiting forever: looked at
@@ -132,7 +132,7 @@ class Lifecycle:
         info = self._infos.get(c.id)
         if info is None or not info.dom_id:
             info = next((i for i in list_domains(self.libvirt)
-                         if i.name == c.name and i.active), None)
+                         if i.name == c.domain and i.active), None)
             if info is None:
                 return
             self._infos[c.id] = info
@@ -193,13 +193,17 @@ class Lifecycle:
         if condition == "next-exit" and not c.active:
             c = self._await_start(c)
         code = None
-        if c.active:
-            with _container_lock(self.paths, c.id, exclusive=False):
+        # the lock until the code is read: a transient (`--rm`) domain leaves libvirt's
+        # listing as its QEMU exits, and any listing's garbage collection would then remove
+        # the folder (and its status) of a container nobody holds (10 clients at once: the
+        # code read as 0)
+        with _container_lock(self.paths, c.id, exclusive=False):
+            if c.active:
                 while self._alive(c):
                     time.sleep(0.05)
-            code = self.exit_code(c)
-            self._container_event("die", c, exitCode=str(code))
-        st = replace(c, active=False, paused=False).state()
+                code = self.exit_code(c)
+                self._container_event("die", c, exitCode=str(code))
+            st = replace(c, active=False, paused=False).state()
         code = st.exit_code if code is None else code
         if condition == "removed":
             while self.paths.container_dir(c.id).exists():
@@ -250,7 +254,7 @@ class Lifecycle:
         if c.active:
             return c
         # libvirt must see the last QEMU gone before it starts another
-        wait_reaped(self.libvirt, c.name)
+        wait_reaped(self.libvirt, c.domain)
         restart.clear_user_stop(self.paths, c.id)
         xml = self._network_xml(c) if c.record.networks else None
         self._write_seed(c.record, wait_attach=wait_attach)
@@ -278,6 +282,46 @@ class Lifecycle:
             return RunResult(c, 130, interrupted=True)
         self.finish_run(c)
         return RunResult(c, code)
+
+    def rename(self, ref: str, new_name: str) -> Container:
+        """Docker's `rename`, running or not: the container's name changes, its libvirt
+        domain keeps the first one (libvirt renames only a stopped domain; the name is
+        hv's, in the container's folder). Peers on its networks resolve the new name at
+        once; its hostname stays (Docker's too)."""
+        from hv.network import ops
+        from hv.spec import check_name
+
+        c = self.container(ref)
+        if not new_name.strip().lstrip("/"):
+            raise UsageError("Neither old nor new names may be empty",
+                             hint="hv rename CONTAINER NEW_NAME", exit_code=1)
+        new = check_name(new_name)
+        if new == c.name:
+            raise UsageError("Renaming a container with the same name as its current name",
+                             hint="give another name", exit_code=1)
+        import fcntl
+
+        # two renames to one name: one wins (a create's own check does not take this lock)
+        with open(self.paths.state_root() / ".names.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            other = next((o for o in self._list(check=False) if o.name == new), None)
+            if other is not None:
+                raise Conflict(
+                    f'Conflict. The container name "/{new}" is already in use by container '
+                    f'"{other.id}". You have to remove (or rename) that container to be able '
+                    "to reuse that name.", hint="choose another name", exit_code=1)
+            target = self.paths.container_name(c.id)
+            tmp = target.with_name(".name.tmp")
+            tmp.write_text(new + "\n")
+            os.replace(tmp, target)
+        root = self.paths.state_root()
+        if c.record.networks:
+            with contextlib.suppress(HvError, OSError):
+                ops.rename(root, c.id, new)
+                self._push_hosts(ops.peers(root, c.id))
+        renamed = replace(c, record=replace(c.record, name=new))
+        self._container_event("rename", renamed, oldName="/" + c.name)
+        return renamed
 
     def restart(self, ref: str, timeout: int = 10) -> Container:
         self.stop(ref, timeout)
@@ -328,7 +372,7 @@ class Lifecycle:
         from hv.runtime.domains import destroy
 
         restart.mark_user_stop(self.paths, c.id)
-        destroy(self.libvirt, c.name, undefine=True)
+        destroy(self.libvirt, c.domain, undefine=True)
         mux.stop(self.config, c.id)
         self._leave_networks(c)
         self._container_event("destroy", c)
@@ -341,7 +385,7 @@ class Lifecycle:
         from hv.guest import mux
         from hv.runtime.domains import destroy
 
-        destroy(self.libvirt, c.name, undefine=c.record.auto_remove)
+        destroy(self.libvirt, c.domain, undefine=c.record.auto_remove)
         mux.stop(self.config, c.id)
         if c.record.auto_remove:
             undo = self._made_by_failed_run(c)
@@ -447,7 +491,7 @@ def _wait_gone(engine: Lifecycle, c: Container, exit_fd: int | None = None,
     reap_children()
     # a QEMU we adopted may be a zombie whose last threads are still exiting (seen with a
     # vhost-user virtiofs device): wait_reaped reaps it once they are gone
-    wait_reaped(engine.libvirt, c.name)
+    wait_reaped(engine.libvirt, c.domain)
 
 
 def _become_subreaper() -> None:

@@ -47,6 +47,10 @@ class ContainerStore:
                 record = Record.from_dict(info.record)
             except TypeError:
                 continue
+            record.domain = info.name  # what libvirt calls it, whatever the record says
+            with contextlib.suppress(OSError):  # `rename`'s
+                record.name = self.paths.container_name(record.id).read_text().strip() \
+                    or record.name
             active = info.active and (not embedded or running(self.libvirt, info.name))
             c = Container(record, active, info.paused, paths=self.paths)
             self._infos[record.id] = info
@@ -116,7 +120,7 @@ class ContainerStore:
 
         status = self.paths.container_status(c.id)
         for _ in range(2):  # a virtiofsd ends as its QEMU does: give a power-off a moment
-            up = running(self.libvirt, c.name)
+            up = running(self.libvirt, c.domain)
             if self.paths.container_dir(c.id).joinpath("user-stopped").exists() \
                     or read_status(status).exit_code is not None or not up:
                 return c if up else replace(c, active=False, paused=False)
@@ -127,7 +131,7 @@ class ContainerStore:
         targets = [v["target"] for v in c.record.volumes if v.get("tag") in dead_tags]
         why = (f"stopped by hv: the virtiofsd serving {', '.join(targets) or 'a shared folder'}"
                " exited, and a running VM cannot get a share back")
-        pid = qemu_pid(self.libvirt, c.name)
+        pid = qemu_pid(self.libvirt, c.domain)
         if pid is None:
             return replace(c, active=False, paused=False)
         # QEMU is killed as `kill -9` would (libvirt notes it at its next connection; its
@@ -148,7 +152,7 @@ class ContainerStore:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while running(self.libvirt, c.name) and time.monotonic() < deadline:
+        while running(self.libvirt, c.domain) and time.monotonic() < deadline:
             time.sleep(0.01)  # (reaped by init later; `start` waits for that itself)
         mux.stop(self.config, c.id)
         return replace(c, active=False, paused=False)
@@ -174,8 +178,8 @@ class ContainerStore:
         from hv.runtime.domains import is_active, qemu_pid
 
         if self.libvirt.embedded:
-            return qemu_pid(self.libvirt, c.name) is not None
-        return bool(is_active(self.libvirt, c.name))
+            return qemu_pid(self.libvirt, c.domain) is not None
+        return bool(is_active(self.libvirt, c.domain))
 
 
 def _new_container_dir(paths: Paths, cid: str, embedded: bool) -> int:

@@ -219,18 +219,18 @@ def test_run_without_rm_then_start_attached(service):
 
 
 def test_clients_at_once(service):
-    """Four `docker run --rm` at once: each its own output and exit code (the service serves
-    them on threads; each libvirt operation forks a child of its own)."""
+    """Ten `docker run --rm` at once (issue 13's number): each its own output and exit code
+    (the service serves them on threads; each libvirt operation forks a child of its own)."""
     env = dict(os.environ, DOCKER_CONFIG=str(service.config))
     procs = [subprocess.Popen([DOCKER, "-H", service.url, "run", "--rm", "busybox", "sh", "-c",
                                f"echo c{i}; exit {i}"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in range(1, 5)]
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(1, 11)]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
         results.append((p.returncode, out, err))
     assert [(code, out) for code, out, _ in results] == \
-        [(i, f"c{i}\n") for i in range(1, 5)], results
+        [(i, f"c{i}\n") for i in range(1, 11)], (results, service.tail())
 
 
 def test_run_interactive_stdin_ends(service):
@@ -312,7 +312,14 @@ def test_lifecycle_logs_follow_pause_kill_cp_restart(service, tmp_path):
     assert p.stdout.strip() == "running", p.stdout + service.tail()
     service.docker("restart", "-t", "1", name, check=True)
     assert service.docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
-    service.docker("rm", "-f", name, check=True)
+    # rename, running: the new name everywhere, the old one free
+    service.docker("rename", name, f"{name}-2", check=True)
+    assert service.docker("inspect", "-f", "{{.Name}}", f"{name}-2",
+                          check=True).stdout.strip() == f"/{name}-2"
+    assert service.docker("exec", f"{name}-2", "echo", "ok", check=True).stdout == "ok\n"
+    p = service.docker("rename", f"{name}-2", f"{name}-2")
+    assert p.returncode == 1 and "same name as its current name" in p.stderr
+    service.docker("rm", "-f", f"{name}-2", check=True)
     p = service.docker("inspect", name)
     assert p.returncode == 1
 

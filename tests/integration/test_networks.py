@@ -154,6 +154,32 @@ def test_a_later_container_is_resolved_by_earlier_ones_and_not_after_rm(hv, trio
     assert not any(c["IPv4Address"].startswith(late_ip + "/") for c in doc["Containers"].values())
 
 
+def test_rename_a_running_container_peers_resolve_the_new_name(hv, trio, busybox):
+    db_id = hv("inspect", "-f", "{{.Id}}", "nt-db", check=True).stdout.strip()
+    try:
+        hv("rename", "nt-db", "nt-store", check=True)
+        assert resolves(hv, "nt-web", "nt-store") and not resolves(hv, "nt-web", "nt-db")
+        assert resolves(hv, "nt-web", db_id[:12])  # its short id stays
+        assert sh(hv, "nt-store", "echo by-new-name").stdout == "by-new-name\n"
+        names = hv("ps", "--format", "{{.Names}}", check=True).stdout.split()
+        assert "nt-store" in names and "nt-db" not in names
+        p = hv("exec", "nt-db", "true")
+        assert p.returncode == 1 and "No such container: nt-db" in p.stderr
+        doc = json.loads(hv("network", "inspect", "nt-a", check=True).stdout)[0]
+        assert doc["Containers"][db_id]["Name"] == "nt-store"
+        # the old name is free again, though the running VM's libvirt domain still has it
+        p = hv("run", "--rm", "--name", "nt-db", busybox, "echo", "newcomer")
+        assert (p.returncode, p.stdout) == (0, "newcomer\n"), p.stderr
+        p = hv("rename", "nt-web", "nt-store")
+        assert p.returncode == 1 and 'Conflict. The container name "/nt-store" is ' \
+            "already in use" in one_error(p)
+        p = hv("rename", "nt-web", "bad name")
+        assert p.returncode == 1 and "Invalid container name" in one_error(p)
+    finally:
+        hv("rename", "nt-store", "nt-db")
+    assert resolves(hv, "nt-web", "nt-db") and not resolves(hv, "nt-web", "nt-store")
+
+
 def test_connect_refused_on_a_running_container(hv, trio):
     for verb in ("connect", "disconnect"):
         p = hv("network", verb, "nt-a", "nt-other")
