@@ -21,6 +21,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterator
 
 from api.http import HttpError, Request, Response, json_response
@@ -119,9 +120,12 @@ class _Chunks(io.RawIOBase):
             self.buf.clear()
         return len(data)
 
+    STALL = 600.0  # seconds a client may read nothing before the save gives up on it
+
     def _put(self, item: object) -> None:
+        deadline = time.monotonic() + self.STALL
         while True:
-            if self.cancelled.is_set():
+            if self.cancelled.is_set() or time.monotonic() > deadline:
                 raise BrokenPipeError("the client went away")
             try:
                 self.q.put(item, timeout=0.5)
@@ -236,6 +240,9 @@ def routes(svc) -> list:
         first = pipe.q.get()
         if isinstance(first, BaseException):
             raise first  # before any byte: a status of its own (404 for a missing image)
+        if req.method == "HEAD":
+            pipe.cancel()
+            return Response(200, content_type="application/x-tar")
 
         def body() -> Iterator[bytes]:
             item = first

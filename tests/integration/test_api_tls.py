@@ -10,9 +10,7 @@ before anything listens. Every service started here is stopped by PID.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import shutil
@@ -25,98 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.pki import Pki
+
 pytestmark = pytest.mark.vm
 
 DOCKER = shutil.which("docker")
-
-
-# --- a small PKI --------------------------------------------------------------------------------
-
-
-def _key():
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, key, cert) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _cert(name: str, key, issuer_name, issuer_key, *, ca: bool = False, server: bool = False):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (x509.CertificateBuilder()
-               .subject_name(subject)
-               .issuer_name(issuer_name or subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-    elif server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False).add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-class Pki:
-    """ca.pem; server.pem/.key; client cert.pem/key.pem (docker's DOCKER_CERT_PATH names);
-    rogue/: a client certificate from another CA."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        ca_key = _key()
-        ca = _cert("hv test CA", ca_key, None, ca_key, ca=True)
-        _write(folder / "ca", ca_key, ca)
-        self.ca = folder / "ca.pem"
-        server_key = _key()
-        _write(folder / "server", server_key, _cert("localhost", server_key, ca.subject, ca_key,
-                                                   server=True))
-        self.server_cert, self.server_key = folder / "server.pem", folder / "server.key"
-        client_key = _key()
-        client = _cert("client", client_key, ca.subject, ca_key)
-        _write(folder / "client", client_key, client)
-        # docker's DOCKER_CERT_PATH layout: ca.pem, cert.pem, key.pem
-        self.cert_path = folder / "docker"
-        self.cert_path.mkdir()
-        shutil.copy(self.ca, self.cert_path / "ca.pem")
-        shutil.copy(folder / "client.pem", self.cert_path / "cert.pem")
-        shutil.copy(folder / "client.key", self.cert_path / "key.pem")
-        self.client_cert, self.client_key = self.cert_path / "cert.pem", self.cert_path / "key.pem"
-        rogue_ca_key = _key()
-        rogue_ca = _cert("another CA", rogue_ca_key, None, rogue_ca_key, ca=True)
-        rogue_key = _key()
-        (folder / "rogue").mkdir()
-        _write(folder / "rogue" / "client", rogue_key,
-               _cert("client", rogue_key, rogue_ca.subject, rogue_ca_key))
-        self.rogue_cert = folder / "rogue" / "client.pem"
-        self.rogue_key = folder / "rogue" / "client.key"
-
-    def context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca))
-        if cert is not None:
-            ctx.load_cert_chain(str(cert), str(key))
-        return ctx
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +61,15 @@ class TlsService:
         return self.log.read_text(errors="replace")[-3000:]
 
     def docker(self, *args: str, tls: bool = True, timeout: float = 240,
-               check: bool = False) -> subprocess.CompletedProcess:
+               check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, DOCKER_CONFIG=str(self.config))
         for k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
             env.pop(k, None)
         flags = ["--tlsverify", "--tlscacert", str(self.pki.ca), "--tlscert",
                  str(self.pki.client_cert), "--tlskey", str(self.pki.client_key)] if tls else []
         p = subprocess.run([DOCKER, *flags, "-H", self.host, *args], capture_output=True,
-                           text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+                           text=True, timeout=timeout, env=env, input=input,
+                           stdin=None if input is not None else subprocess.DEVNULL)
         if check and p.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} exited {p.returncode}:\n"
                                  f"{p.stdout}\n{p.stderr}\n--- service log:\n{self.tail()}")
@@ -224,6 +136,10 @@ def test_docker_cli_with_tlsverify(tls_service):
     assert p.stdout.strip() == "1.50"
     p = tls_service.docker("run", "--rm", "busybox", "echo", "hi")
     assert (p.returncode, p.stdout) == (0, "hi\n"), p.stderr + tls_service.tail()
+    # stdin through TLS: the client's end of it (a close_notify) ends the process's stdin
+    p = tls_service.docker("run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done",
+                           input="one\ntwo\n")
+    assert (p.returncode, p.stdout) == (0, "one\ntwo\ndone\n"), p.stderr + tls_service.tail()
     # DOCKER_CERT_PATH's layout, as README shows it
     env = dict(os.environ, DOCKER_CONFIG=str(tls_service.config), DOCKER_HOST=tls_service.host,
                DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(tls_service.pki.cert_path))
