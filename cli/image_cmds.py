@@ -218,10 +218,8 @@ def load(
         raise UsageError("requested load from stdin, but stdin is empty",
                          hint="use 'hv load -i FILE' or pipe a tarball into 'hv load'")
     source = Path(input) if input is not None else sys.stdin.buffer
-    lines = _engine().image_load(source)
-    if quiet:
-        return
-    for line in lines:
+    # -q as docker's: no progress (hv shows none), the "Loaded image" lines all the same
+    for line in _engine().image_load(source):
         sys.stdout.write(line + "\n")
 
 
@@ -327,15 +325,17 @@ def _human_flag(args: list[str]) -> tuple[bool, list[str]]:
 
 
 def history(
-    args: Annotated[list[str], typer.Argument(
-        metavar="IMAGE", help="the image; -H=false (--human=false) prints dates and sizes "
-                              "in full (default: human readable)")],
+    args: Annotated[list[str], typer.Argument(metavar="IMAGE", help="the image")],
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="don't truncate output")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only show image IDs")] = False,
     format: Annotated[str | None, typer.Option("--format", help="'table', 'json' or a Go "
                                                "template")] = None,
 ) -> None:
-    """Show the history of an image."""
+    """Show the history of an image.
+
+    -H, --human BOOL: print sizes and dates in human readable format (default true;
+    -H=false prints them in full).
+    """
     from cli.formatting import render
 
     is_human, (image,) = _human_flag(args)
