@@ -143,6 +143,18 @@ class Service:
         for module in (system, containers, images, networks):
             for method, path, handler in module.routes(self):
                 self.routes.append(Route(method, re.compile(f"^{path}$"), handler))
+        # requests whose body goes to the handler as a stream (an image tarball)
+        self.streamed_bodies = [(method, re.compile(f"^{path}$"))
+                                for method, path in images.STREAMED_BODIES]
+
+    def streamed(self, method: str, target: str) -> bool:
+        """Whether this request's body is streamed to its handler (api.http.Conn)."""
+        path = target.partition("?")[0]
+        m = _VERSIONED.match(path)
+        if m:
+            path = m.group(3)
+        return any(method == want and pattern.match(path)
+                   for want, pattern in self.streamed_bodies)
 
     def copying(self, cid: str) -> threading.Event:
         """An event to set when a copy out of `cid` is over (see `settle`)."""

@@ -12,9 +12,11 @@ thread per connection, a hijacked stream is a plain blocking socket loop.
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -45,13 +47,16 @@ class Request:
     headers: dict[str, str]
     body: bytes
     sock: socket.socket
+    # the body as a stream, for the routes that take one (an image tarball to load): then
+    # `body` is empty and nothing limits the size
+    reader: io.RawIOBase | None = None
 
     @classmethod
     def make(cls, method: str, target: str, headers: dict[str, str], body: bytes,
-             sock: socket.socket) -> Request:
+             sock: socket.socket, reader: io.RawIOBase | None = None) -> Request:
         parts = urlsplit(target)
         return cls(method, target, unquote(parts.path), None,
-                   parse_qs(parts.query, keep_blank_values=True), headers, body, sock)
+                   parse_qs(parts.query, keep_blank_values=True), headers, body, sock, reader)
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -120,12 +125,32 @@ class Request:
     def client_gone(self) -> bool:
         """Has the client closed its side (nothing more will come)? For long waits."""
         try:
+            if isinstance(self.sock, ssl.SSLSocket):
+                # no MSG_PEEK through TLS: a readable socket with no request pending on it
+                # (these are long answers to one request) is a close, or a close_notify
+                return bool(select.select([self.sock], [], [], 0)[0]) and \
+                    not self.sock.pending() and _tls_closed(self.sock)
             ready, _, _ = select.select([self.sock], [], [], 0)
             if not ready:
                 return False
             return self.sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
+
+
+def _tls_closed(sock: ssl.SSLSocket) -> bool:
+    """Read what a TLS client sent during a long answer without blocking: its end (b"") or
+    a close_notify means gone; bytes of a next request cannot come (no pipelining here)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return sock.recv(4096) == b""
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except (ssl.SSLError, OSError):
+        return True
+    finally:
+        sock.settimeout(timeout)
 
 
 @dataclass
@@ -152,15 +177,52 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"message": message}, status)
 
 
+class _BodyReader(io.RawIOBase):
+    """A request's body read as the handler asks for it (h11's Data events)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.pending = b""
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self.pending and not self.done:
+            ev = self.conn._next()
+            if isinstance(ev, h11.Data):
+                self.pending = bytes(ev.data)
+            elif isinstance(ev, h11.EndOfMessage):
+                self.done = True
+            else:
+                raise ConnectionError("the client's request body ended early")
+        n = min(len(buf), len(self.pending))
+        buf[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def drain(self) -> None:
+        """Read to the end what the handler left, so the answer can go out."""
+        while not self.done:
+            self.pending = b""
+            self.readinto(bytearray(65536))
+
+
 class Conn:
-    """One client connection: read requests, hand them to `handle`, write the answers."""
+    """One client connection: read requests, hand them to `handle`, write the answers.
+
+    `streamed(method, target)`: whether that request's body goes to its handler as a
+    stream (`Request.reader`) instead of being read first, under MAX_BODY."""
 
     def __init__(self, sock: socket.socket, handle: Callable[[Request], Response],
                  on_error: Callable[[Request | None, BaseException], Response],
-                 log: Callable[[Request, int], None]) -> None:
+                 log: Callable[[Request, int], None],
+                 streamed: Callable[[str, str], bool] | None = None) -> None:
         self.sock = sock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
         self.handle, self.on_error, self.log = handle, on_error, log
+        self.streamed = streamed
 
     def _next(self):
         while True:
@@ -205,6 +267,9 @@ class Conn:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
         body = bytearray()
         req = None
+        method, target = event.method.decode(), event.target.decode("latin-1")
+        if self.streamed is not None and self.streamed(method, target):
+            return self._one_streamed(method, target, headers)
         try:
             while True:
                 ev = self._next()
@@ -238,6 +303,23 @@ class Conn:
             self._hijack(req, resp)
             return False
         self._write(resp, head=req.method == "HEAD")
+        return self.h11.our_state is h11.IDLE or self.h11.our_state is h11.DONE
+
+    def _one_streamed(self, method: str, target: str, headers: dict[str, str]) -> bool:
+        reader = _BodyReader(self)
+        req = Request.make(method, target, headers, b"", self.sock, reader)
+        try:
+            resp = self.handle(req)
+        except BaseException as e:  # noqa: BLE001 - every failure is an answer
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                raise
+            resp = self.on_error(req, e)
+        try:
+            reader.drain()
+        except h11.RemoteProtocolError:
+            return False
+        self.log(req, resp.status)
+        self._write(resp, head=False)
         return self.h11.our_state is h11.IDLE or self.h11.our_state is h11.DONE
 
     def _write(self, resp: Response, head: bool) -> None:

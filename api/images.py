@@ -1,17 +1,27 @@
-"""Images (list, inspect, pull, tag, delete) and volumes (list, create, inspect, delete,
-prune), in Docker's shapes.
+"""Images (list, inspect, pull, tag, delete, save, load, history) and volumes (list, create,
+inspect, delete, prune), in Docker's shapes.
 
 A pull answers with a chunked stream of JSON lines as dockerd's: docker-py and the CLI
 render each line as it comes (a body sent in one piece shows nothing until the end), and an
 error after the first line is a line of its own (`errorDetail`), the status being sent.
+
+Save (`GET /images/{name}/get`, `/images/get?names=…`) streams the tarball as the facade
+writes it (a thread writes, the response reads); a missing image is a 404 before the first
+byte. Load (`POST /images/load`) takes the body as a stream (no size limit: it goes to a
+scratch file of the image store) and answers as dockerd: 200 and JSON lines, `Loaded image:
+…` or the error as an `errorDetail` line, which `docker load` and docker-py raise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterator
 
 from api.http import HttpError, Request, Response, json_response
@@ -19,6 +29,10 @@ from api.translate import summary
 from hv.errors import HvError
 
 _PULLING = re.compile(r"^(?P<tag>\S+): Pulling from (?P<repo>.+)$")
+LOG = logging.getLogger("hv.api")
+
+# requests whose body the handler reads as a stream (api.app.Service.streamed)
+STREAMED_BODIES = [("POST", "/images/load")]
 
 
 def _line(obj: dict) -> bytes:
@@ -81,6 +95,59 @@ def image_inspect(img) -> dict:
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
     })
     return doc
+
+
+class _Chunks(io.RawIOBase):
+    """A writable file whose bytes come out of `get()` in chunks of about CHUNK bytes: the
+    facade's save writes on a thread of its own, the response yields the chunks. `cancel()`
+    (the client went away) makes the next write fail, so the writer stops."""
+
+    CHUNK = 256 * 1024
+    DONE = object()
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self.buf = bytearray()
+        self.cancelled = threading.Event()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.buf += data
+        if len(self.buf) >= self.CHUNK:
+            self._put(bytes(self.buf))
+            self.buf.clear()
+        return len(data)
+
+    STALL = 600.0  # seconds a client may read nothing before the save gives up on it
+
+    def _put(self, item: object) -> None:
+        deadline = time.monotonic() + self.STALL
+        while True:
+            if self.cancelled.is_set() or time.monotonic() > deadline:
+                raise BrokenPipeError("the client went away")
+            try:
+                self.q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        if self.buf:
+            self._put(bytes(self.buf))
+            self.buf.clear()
+        self._put(self.DONE)
+
+    def fail(self, e: BaseException) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._put(e)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a writer waiting on a full queue
+                self.q.get_nowait()
 
 
 def routes(svc) -> list:
@@ -153,6 +220,57 @@ def routes(svc) -> list:
         tag = req.arg("tag") or "latest"
         engine.tag_image(name, f"{repo}:{tag}")
         return Response(201)
+
+    def image_save(req: Request, name: str | None = None) -> Response:
+        names = [name] if name is not None else [n for n in req.query.get("names", []) if n]
+        if not names:
+            raise HttpError(400, "no images given: use /images/get?names=IMAGE")
+        pipe = _Chunks()
+
+        def work() -> None:
+            try:
+                engine.image_save(names, pipe, "docker")
+                pipe.finish()
+            except BrokenPipeError:
+                pass
+            except BaseException as e:  # noqa: BLE001 - the response must learn of it
+                pipe.fail(e)
+
+        threading.Thread(target=work, daemon=True, name="hv-api-save").start()
+        first = pipe.q.get()
+        if isinstance(first, BaseException):
+            raise first  # before any byte: a status of its own (404 for a missing image)
+        if req.method == "HEAD":
+            pipe.cancel()
+            return Response(200, content_type="application/x-tar")
+
+        def body() -> Iterator[bytes]:
+            item = first
+            try:
+                while item is not _Chunks.DONE:
+                    if isinstance(item, BaseException):
+                        LOG.error("save of %s failed after it began: %s", names, item)
+                        # no end chunk: the client sees a truncated body, not a short tar
+                        raise ConnectionAbortedError(str(item))
+                    yield item
+                    item = pipe.q.get()
+            finally:
+                pipe.cancel()
+        return Response(200, content_type="application/x-tar", stream=body())
+
+    def image_load(req: Request) -> Response:
+        assert req.reader is not None
+        try:
+            lines = engine.image_load(io.BufferedReader(req.reader, 1 << 20), "the request body")
+        except HvError as e:
+            # dockerd answers 200 and the error as a line (docker load, docker-py raise it)
+            return Response(200, content_type="application/json", stream=iter(
+                [_line({"errorDetail": {"message": e.message}, "error": e.message})]))
+        return Response(200, content_type="application/json", stream=iter(
+            [_line({"stream": line + "\n"}) for line in lines]))
+
+    def image_history(req: Request, name: str) -> Response:
+        return json_response([row.to_api() for row in engine.image_history(name)])
 
     def images_prune(req: Request) -> Response:
         """Images no container uses: untagged ones, every one with dangling=false."""
@@ -240,6 +358,10 @@ def routes(svc) -> list:
         ("POST", "/images/prune", images_prune),
         ("GET", "/system/df", system_df),
         ("POST", "/images/create", image_pull),
+        ("GET", "/images/get", image_save),
+        ("POST", "/images/load", image_load),
+        ("GET", f"/images/{NAME}/get", image_save),
+        ("GET", f"/images/{NAME}/history", image_history),
         ("GET", f"/images/{NAME}/json", image_get),
         ("POST", f"/images/{NAME}/tag", image_tag),
         ("DELETE", f"/images/{NAME}", image_remove),

@@ -4,8 +4,12 @@ A connection is served by a thread of its own because most of Docker's requests 
 as long as something happens in a VM (wait, logs -f, attach, a pull): a thread per
 connection keeps each of them a plain blocking loop, and the engine's libvirt calls run in
 forked children anyway. Addresses: `unix:///path` (0600, or 0660 with group `hv` when
-that group exists) or `tcp://127.0.0.1:PORT` (loopback only: there is no TLS yet, and an
-unauthenticated Docker socket on a network is root on the host for anyone).
+that group exists) or `tcp://HOST:PORT`. An unauthenticated Docker socket on a network is
+root on the host for anyone, so TCP is loopback only unless the service has TLS with client
+certificates (mutual TLS, dockerd's `--tlsverify`): a certificate and key plus the CA whose
+client certificates are accepted. A certificate and key alone (encryption, no client
+authentication) are for loopback too. The TLS handshake runs on the connection's thread,
+so a slow or silent client never holds up accept.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -35,13 +40,90 @@ class Address:
     path: Path | None = None
     host: str = ""
     port: int = 0
+    tls: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     def __str__(self) -> str:
         return f"unix://{self.path}" if self.kind == "unix" else f"tcp://{self.host}:{self.port}"
 
 
-def parse_address(text: str) -> Address:
-    """`unix:///path`, `/path`, or `tcp://127.0.0.1:PORT` (loopback only)."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate (chain) and key; the CA of accepted clients."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def any(self) -> bool:
+        return any((self.cert, self.key, self.ca))
+
+    @property
+    def mutual(self) -> bool:
+        return all((self.cert, self.key, self.ca))
+
+
+def parse_address(text: str, tls: TlsFiles | None = None) -> Address:
+    """`unix:///path`, `/path`, or `tcp://HOST:PORT`: loopback, or any host with mutual
+    TLS (`tls`: all three files)."""
+    tls = tls or TlsFiles()
+    addr = _parse(text)
+    if tls.any:
+        if addr.kind != "tcp":
+            raise UsageError(f"--tls-cert, --tls-key and --tls-ca are for tcp:// addresses, "
+                             f"not {addr}",
+                             hint="listen on tcp://HOST:PORT, or drop the TLS flags for a "
+                                  "unix socket (its file mode is its access control)")
+        if not (tls.cert and tls.key):
+            raise UsageError("TLS needs both --tls-cert and --tls-key",
+                             hint="give the server's certificate and its private key (PEM)")
+        addr.tls = True
+    if addr.kind == "tcp" and not addr.loopback and not tls.mutual:
+        have = "TLS without client certificates" if tls.any else "no TLS"
+        raise UsageError(
+            f"refusing to listen on {addr.host} with {have}: an unauthenticated Docker API on "
+            "a network gives anyone who reaches it the host",
+            hint="give --tls-cert, --tls-key and --tls-ca (the CA of the clients' "
+                 "certificates: mutual TLS), or listen on tcp://127.0.0.1:PORT or a unix socket")
+    return addr
+
+
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """The server's context: TLS 1.2 or newer; client certificates required when a CA is
+    given. A file that cannot be read or does not match is a UsageError, before listening."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert tls.cert is not None and tls.key is not None
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except FileNotFoundError as e:
+        raise UsageError(f"cannot read {e.filename or tls.cert}: no such file",
+                         hint="check the --tls-cert and --tls-key paths") from None
+    except (ssl.SSLError, OSError) as e:
+        raise UsageError(f"cannot use --tls-cert {tls.cert} with --tls-key {tls.key}: "
+                         f"{getattr(e, 'reason', None) or e}",
+                         hint="give a PEM certificate and the PEM private key that matches it") \
+            from None
+    if tls.ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca))
+        except (ssl.SSLError, OSError) as e:
+            raise UsageError(f"cannot read --tls-ca {tls.ca}: "
+                             f"{getattr(e, 'reason', None) or e.strerror or e}",
+                             hint="give the PEM certificate of the CA that signed the clients' "
+                                  "certificates") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _parse(text: str) -> Address:
     if text.startswith("unix://"):
         path = text[len("unix://"):]
         if not path.startswith("/"):
@@ -59,17 +141,7 @@ def parse_address(text: str) -> Address:
         host = host.strip("[]") or "127.0.0.1"
         if host == "localhost":
             host = "127.0.0.1"
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise UsageError(
-                f"refusing to listen on {host}: the Engine API has no TLS yet, and an "
-                "unauthenticated Docker API on a network gives anyone who reaches it the host",
-                hint="listen on tcp://127.0.0.1:PORT or a unix socket (ssh -L to reach it "
-                     "from elsewhere)")
-        return Address("tcp", host=host, port=int(port))
+        return Address("tcp", host=host, port=int(port))  # a name is not loopback
     raise UsageError(f"unsupported address {text!r}",
                      hint="use unix:///path/to/hv.sock or tcp://127.0.0.1:PORT")
 
@@ -137,10 +209,17 @@ def listen(addr: Address) -> socket.socket:
 class Server:
     """Accepts connections until `stop()`; each one is served on a thread of its own."""
 
+    HANDSHAKE_TIMEOUT = 30.0
+
     def __init__(self, addr: Address, handle: Callable[[Request], Response],
-                 on_error: Callable[[Request | None, BaseException], Response]) -> None:
+                 on_error: Callable[[Request | None, BaseException], Response],
+                 streamed: Callable[[str, str], bool] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`streamed`: which requests' bodies go to their handler as a stream (api.http.Conn);
+        `tls`: a server context (`tls_context`) every connection is wrapped in."""
         self.addr = addr
-        self.handle, self.on_error = handle, on_error
+        self.handle, self.on_error, self.streamed = handle, on_error, streamed
+        self.tls = tls
         self.sock = listen(addr)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._conns: set[socket.socket] = set()
@@ -170,10 +249,35 @@ class Server:
         with self._lock:
             self._conns.add(sock)
         try:
-            Conn(sock, self.handle, self.on_error, _log_request).serve()
+            if self.tls is not None:
+                wrapped = self._handshake(sock)
+                if wrapped is None:
+                    return
+                with self._lock:
+                    self._conns.discard(sock)
+                    self._conns.add(wrapped)
+                sock = wrapped
+            Conn(sock, self.handle, self.on_error, _log_request, self.streamed).serve()
         finally:
             with self._lock:
                 self._conns.discard(sock)
+
+    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket | None:
+        """The TLS handshake, on this connection's thread; None (and the socket closed) when
+        it fails: no certificate, one from another CA, not TLS at all, too slow."""
+        assert self.tls is not None
+        peer = _peer(sock)
+        sock.settimeout(self.HANDSHAKE_TIMEOUT)
+        try:
+            wrapped = self.tls.wrap_socket(sock, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            LOG.warning("TLS handshake with %s failed: %s", peer,
+                        getattr(e, "reason", None) or e)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        wrapped.settimeout(None)
+        return wrapped
 
     def close(self) -> None:
         """Stop listening, remove the socket file, drop open connections (the containers
@@ -191,6 +295,14 @@ class Server:
         for fd in (self._stop_r, self._stop_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except (OSError, ValueError):
+        return "a client"
+    return f"{host}:{port}"
 
 
 def _log_request(req: Request, status: int) -> None:

@@ -1,4 +1,4 @@
-"""Image commands: pull, images, rmi, tag, load, save (and `hv image ls|pull|rm|...`).
+"""Image commands: pull, images, rmi, tag, load, save, history (and `hv image ls|pull|...`).
 
 Only typer is imported at module level; requests, rich and hv.images load inside the
 commands so `hv --help` stays fast.
@@ -218,7 +218,8 @@ def load(
         raise UsageError("requested load from stdin, but stdin is empty",
                          hint="use 'hv load -i FILE' or pipe a tarball into 'hv load'")
     source = Path(input) if input is not None else sys.stdin.buffer
-    for line in _engine().images.load(source):
+    # -q as docker's: no progress (hv shows none), the "Loaded image" lines all the same
+    for line in _engine().image_load(source):
         sys.stdout.write(line + "\n")
 
 
@@ -237,13 +238,115 @@ def save(
     if output is None and sys.stdout.isatty():
         raise UsageError("cowardly refusing to save to a terminal",
                          hint="use the -o flag or redirect the output")
-    store = _engine().images
+    engine = _engine()
     if output is not None:
-        store.save(images, Path(output), format)
+        engine.image_save(images, Path(output), format)
     else:
         sys.stdout.flush()
-        store.save(images, sys.stdout.buffer, format)
+        engine.image_save(images, sys.stdout.buffer, format)
         sys.stdout.buffer.flush()
+
+
+HISTORY_COLUMNS = [
+    ("IMAGE", "ID"),
+    ("CREATED", "CreatedSince"),
+    ("CREATED BY", "CreatedBy"),
+    ("SIZE", "Size"),
+    ("COMMENT", "Comment"),
+]
+
+
+def _ellipsis(text: str, width: int) -> str:
+    """docker/cli's formatter.Ellipsis: at most `width` characters, the last one '…'."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def history_rows(rows, human: bool, no_trunc: bool, now=None) -> list[dict[str, str]]:
+    """docker/cli's historyContext fields for the facade's HistoryRows."""
+    from datetime import datetime, timedelta
+
+    from cli.formatting import human_duration, human_size
+
+    now = now or datetime.now(UTC)
+    out = []
+    for row in rows:
+        created = datetime.fromtimestamp(row.created, UTC)
+        local = created.astimezone()  # Go's time.Unix(…).Format(time.RFC3339): local time
+        created_at = local.isoformat(timespec="seconds")
+        if local.utcoffset() == timedelta(0):
+            created_at = created_at[:-6] + "Z"
+        since = human_duration((now - created).total_seconds()) + " ago" if human \
+            else created_at
+        image_id = row.id
+        created_by = row.created_by.replace("\t", " ")
+        if not no_trunc:
+            if ":" in image_id:
+                image_id = image_id.partition(":")[2]
+            image_id = image_id[:12]
+            created_by = _ellipsis(created_by, 45)
+        out.append({
+            "ID": image_id,
+            "CreatedSince": since,
+            "CreatedAt": created_at,
+            "CreatedBy": created_by,
+            "Size": human_size(row.size) if human else str(row.size),
+            "Comment": row.comment,
+        })
+    return out
+
+
+def _human_flag(args: list[str]) -> tuple[bool, list[str]]:
+    """docker/cli's `-H, --human` (a Go bool flag: `-H`, `-H=false`, `--human=0`) out of
+    the words click left; the other words."""
+    from hv.errors import UsageError
+
+    human, rest = True, []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag not in ("-H", "--human"):
+            if arg.startswith("-") and arg != "-":
+                raise UsageError(f"unknown flag: {arg}", hint="see 'hv history --help'")
+            rest.append(arg)
+            continue
+        if not eq:
+            human = True
+        elif value.lower() in ("1", "t", "true"):
+            human = True
+        elif value.lower() in ("0", "f", "false"):
+            human = False
+        else:
+            raise UsageError(f'invalid argument "{value}" for "-H, --human" flag: '
+                             f'strconv.ParseBool: parsing "{value}": invalid syntax',
+                             hint="use -H=false for dates and sizes in full")
+    if len(rest) != 1:
+        raise UsageError('"hv history" requires exactly 1 argument',
+                         hint="usage: hv history [OPTIONS] IMAGE")
+    return human, rest
+
+
+def history(
+    args: Annotated[list[str], typer.Argument(metavar="IMAGE", help="the image")],
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="don't truncate output")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only show image IDs")] = False,
+    format: Annotated[str | None, typer.Option("--format", help="'table', 'json' or a Go "
+                                               "template")] = None,
+) -> None:
+    """Show the history of an image.
+
+    -H, --human BOOL: print sizes and dates in human readable format (default true;
+    -H=false prints them in full).
+    """
+    from cli.formatting import render
+
+    is_human, (image,) = _human_flag(args)
+    rows = history_rows(_engine().image_history(image), is_human, no_trunc)
+    if quiet and (format or "table").strip() == "table":  # docker/cli's NewHistoryFormat
+        render(sys.stdout, rows, [("IMAGE", "ID")], "{{.ID}}")
+        return
+    columns = list(HISTORY_COLUMNS)
+    if not is_human:
+        columns[1] = ("CREATED AT", "CreatedAt")
+    render(sys.stdout, rows, columns, format)
 
 
 def inspect(images: Annotated[list[str], typer.Argument(metavar="IMAGE...")]) -> None:
@@ -254,13 +357,18 @@ def inspect(images: Annotated[list[str], typer.Argument(metavar="IMAGE...")]) ->
     sys.stdout.write(json.dumps([store.get(name).inspect() for name in images], indent=4) + "\n")
 
 
+# `history -H=false`: click would refuse a value for a flag, so its words come through
+_CONTEXT = {"history": {"ignore_unknown_options": True}}
+
+
 def register(app: typer.Typer) -> None:
     """Add the image commands to the top-level app, plus the `hv image ...` group."""
     for name, func in (("pull", pull), ("images", images), ("rmi", rmi), ("tag", tag),
-                       ("load", load), ("save", save)):
-        app.command(name=name)(func)
+                       ("load", load), ("save", save), ("history", history)):
+        app.command(name=name, context_settings=_CONTEXT.get(name))(func)
     group = typer.Typer(help="Manage images.", no_args_is_help=True)
     for name, func in (("ls", images), ("list", images), ("pull", pull), ("rm", rmi),
-                       ("tag", tag), ("load", load), ("save", save), ("inspect", inspect)):
-        group.command(name=name)(func)
+                       ("tag", tag), ("load", load), ("save", save), ("inspect", inspect),
+                       ("history", history)):
+        group.command(name=name, context_settings=_CONTEXT.get(name))(func)
     app.add_typer(group, name="image")

@@ -8,6 +8,8 @@ forwards to hv.images, hv.volumes and hv.system so that no front end imports the
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
 
 from hv.config import Config
 from hv.containers import Container
@@ -145,3 +147,30 @@ class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events
     def tag_image(self, source: str, target: str) -> None:
         self.images.tag(source, target)
         self._event("image", "tag", target, name=target)
+
+    def image_save(self, refs: list[str], out: Path | BinaryIO, fmt: str = "docker") -> None:
+        """`save`: the images as a docker-archive (`fmt` "docker") or OCI-archive ("oci")
+        tarball, written to a file or a stream as it is made. Every ref is resolved before
+        the first byte is written (a missing one is ImageNotFound, nothing written)."""
+        images = [self.images.get(ref) for ref in refs]
+        self.images.save(refs, out, fmt)
+        for image in images:
+            self._event("image", "save", image.id, name=image.id)
+
+    def image_load(self, source: Path | BinaryIO, label: str = "stdin") -> list[str]:
+        """`load` of a docker-archive or OCI-archive tarball (a file, or a stream read to its
+        end first, called `label` in errors); Docker's lines: `Loaded image: busybox:latest`
+        (or `Loaded image ID: sha256:…`)."""
+        before = {image.id for image in self.images.list()}
+        lines = self.images.load(source, label)
+        for image in self.images.list():
+            if image.id not in before or any(
+                    line == f"Loaded image: {tag}" for tag in image.repo_tags for line in lines):
+                self._event("image", "load", image.id, name=image.id)
+        return lines
+
+    def image_history(self, ref: str) -> list:
+        """`history`: hv.images.history.HistoryRow, newest first (Docker's rows)."""
+        from hv.images.history import history
+
+        return history(self.images, self.images.get(ref))

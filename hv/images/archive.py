@@ -69,11 +69,12 @@ class _Tar:
             raise ArchiveError(f"{name} in the archive is not valid JSON") from e
 
 
-def load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
-    """Load every image of the archive; a failed load leaves no new blobs behind."""
+def load(store: ImageRecords, source: Path | BinaryIO, label: str = "stdin") -> list[str]:
+    """Load every image of the archive; a failed load leaves no new blobs behind. `label`:
+    what a stream is called in errors ("stdin", "the request body")."""
     before = _blob_names(store)
     try:
-        return _load(store, source)
+        return _load(store, source, label)
     except BaseException:
         store.forget_blobs(["sha256:" + n for n in _blob_names(store) - before])
         raise
@@ -86,7 +87,7 @@ def _blob_names(store: ImageRecords) -> set[str]:
         return set()
 
 
-def _load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
+def _load(store: ImageRecords, source: Path | BinaryIO, label: str) -> list[str]:
     if isinstance(source, (str, Path)):
         try:
             return _load_file(store, Path(source), Path(source).name.partition(".")[0],
@@ -98,9 +99,11 @@ def _load(store: ImageRecords, source: Path | BinaryIO) -> list[str]:
         with open(tmp, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
         if tmp.stat().st_size == 0:
-            raise ArchiveError("requested load from stdin, but stdin is empty",
-                               hint="pipe a tarball into 'hv load' or give -i FILE")
-        return _load_file(store, tmp, label="stdin")
+            if label == "stdin":
+                raise ArchiveError("requested load from stdin, but stdin is empty",
+                                   hint="pipe a tarball into 'hv load' or give -i FILE")
+            raise ArchiveError(f"{label} is empty: there is no archive to load")
+        return _load_file(store, tmp, label=label)
 
 
 def _load_file(store: ImageRecords, path: Path, file_stem: str = "", label: str = "") -> list[str]:

@@ -106,10 +106,10 @@ class ImageStore(ImageRecords):
 
     # --- load / save ----------------------------------------------------------------------
 
-    def load(self, source: Path | BinaryIO) -> list[str]:
+    def load(self, source: Path | BinaryIO, label: str = "stdin") -> list[str]:
         try:
             with self.writing():
-                return archive.load(self, source)
+                return archive.load(self, source, label)
         except KeyboardInterrupt:
             raise Interrupted("load interrupted") from None
 
