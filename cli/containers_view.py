@@ -77,7 +77,7 @@ def ps_rows(cs: list[Container], no_trunc: bool) -> list[dict[str, str]]:
             "State": st.status,
             "Ports": _ports(c),
             "Names": c.name,
-            "Labels": "",
+            "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.labels().items())),
             "Mounts": "",
             "Networks": "user",
             "Size": "",
@@ -170,7 +170,11 @@ def _matches(c: Container, key: str, value: str, created: dict[str, float]) -> b
         return c.record.created < created[value]
     if key == "since":
         return c.record.created > created[value]
-    return False  # label: hv's containers carry no labels
+    if key == "label":  # `label=KEY` or `label=KEY=VALUE`
+        want_key, eq, want = value.partition("=")
+        have = c.labels()
+        return want_key in have and (not eq or have[want_key] == want)
+    return False
 
 
 def _created_of(cs: list[Container], ref: str) -> float:

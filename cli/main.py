@@ -87,20 +87,13 @@ def run(
     dns_search: Annotated[list[str] | None, typer.Option("--dns-search", help="set custom DNS search domains")] = None,
     dns_option: Annotated[list[str] | None, typer.Option("--dns-option", help="set DNS options")] = None,
     add_host: Annotated[list[str] | None, typer.Option("--add-host", help="an /etc/hosts entry, NAME:IP")] = None,
+    label: Annotated[list[str] | None, typer.Option("-l", "--label", help="set metadata on the container, KEY=VALUE")] = None,
+    cidfile: Annotated[str | None, typer.Option("--cidfile", help="write the container ID to the file")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", help="not supported: a VM has no host devices")] = None,
+    privileged: Annotated[bool, typer.Option("--privileged", help="accepted: the container already has its whole VM")] = False,
 ) -> None:
     """Create and start a container (a VM) from an image."""
-    from hv.spec import RunOptions
-
-    opts = RunOptions(
-        image=image, args=list(command or []), name=name, detach=detach, auto_remove=rm,
-        env=list(env or []), env_files=list(env_file or []), workdir=workdir, user=user,
-        entrypoint=entrypoint, hostname=hostname, memory=memory, cpus=cpus,
-        publish=list(publish or []), publish_all=publish_all, tty=tty, interactive=interactive,
-        restart=restart, volumes=list(volume or []), mounts=list(mount or []),
-        networks=list(network or []), network_aliases=list(network_alias or []), ip=ip,
-        dns=list(dns or []), dns_search=list(dns_search or []),
-        dns_options=list(dns_option or []), add_hosts=list(add_host or []),
-    )
+    opts = _run_options(dict(locals()))
     engine = _engine()
     from cli.progress import pull_progress
 
@@ -108,6 +101,7 @@ def run(
         with pull_progress() as progress:
             created = engine.create(opts, progress=progress)
         _warnings(created.warnings)
+        _write_cidfile(cidfile, created.container.id)
         raise typer.Exit(_attach_until_exit(engine, created.container, tty, stdin_open=True))
     import contextlib
 
@@ -117,12 +111,83 @@ def run(
         def created(c) -> None:
             pulling.close()  # the pull's display ends before the container's output
             _warnings(c.warnings)
+            _write_cidfile(cidfile, c.container.id)
 
         result = engine.run(opts, progress, on_created=created, on_output=_show_line)
     if detach:
         sys.stdout.write(result.container.id + "\n")
         return
     raise typer.Exit(result.exit_code)
+
+
+def _run_options(flags: dict):
+    """`run`'s and `create`'s flags as the engine's RunOptions (checked: --device, --label,
+    --cidfile's file)."""
+    from hv.errors import UsageError
+    from hv.spec import RunOptions
+
+    if flags.get("device"):
+        raise UsageError(f"--device {flags['device'][0]}: a container is a VM here, with no "
+                         "host devices to pass through",
+                         hint="leave --device out (a volume or bind mount shares files)")
+    cidfile = flags.get("cidfile")
+    if cidfile and os.path.exists(cidfile):
+        raise UsageError(f"container ID file found, make sure the other container isn't "
+                         f"running or delete {cidfile}", hint=f"rm {cidfile}")
+    labels = {}
+    for item in flags.get("label") or []:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f'invalid argument "{item}" for "-l, --label" flag',
+                             hint="use KEY=VALUE")
+        labels[key] = value
+    g = flags.get
+    return RunOptions(
+        image=g("image"), args=list(g("command") or []), name=g("name"),
+        detach=bool(g("detach")), auto_remove=bool(g("rm")), env=list(g("env") or []),
+        env_files=list(g("env_file") or []), workdir=g("workdir"), user=g("user"),
+        entrypoint=g("entrypoint"), hostname=g("hostname"), memory=g("memory"),
+        cpus=g("cpus"), publish=list(g("publish") or []), publish_all=bool(g("publish_all")),
+        tty=bool(g("tty")), interactive=bool(g("interactive")), restart=g("restart"),
+        volumes=list(g("volume") or []), mounts=list(g("mount") or []),
+        networks=list(g("network") or []), network_aliases=list(g("network_alias") or []),
+        ip=g("ip"), dns=list(g("dns") or []), dns_search=list(g("dns_search") or []),
+        dns_options=list(g("dns_option") or []), add_hosts=list(g("add_host") or []),
+        labels=labels,
+    )
+
+
+def _write_cidfile(path: str | None, cid: str) -> None:
+    if path:
+        with open(path, "x") as f:  # checked before the create; a race loses here
+            f.write(cid)
+
+
+def create(**flags) -> None:
+    """Create a container (a VM, defined and not booted) from an image; `hv start` boots it."""
+    opts = _run_options(flags)
+    from cli.progress import pull_progress
+
+    engine = _engine()
+    with pull_progress() as progress:
+        created = engine.create(opts, progress=progress, start=False)
+    _warnings(created.warnings)
+    _write_cidfile(flags.get("cidfile"), created.container.id)
+    sys.stdout.write(created.container.id + "\n")
+
+
+def _create_signature() -> None:
+    """`create` takes `run`'s flags but -d (typer reads the signature and the hints)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(run, include_extras=True)
+    sig = inspect.signature(run)
+    create.__signature__ = sig.replace(parameters=[
+        p.replace(annotation=hints[p.name]) for p in sig.parameters.values()
+        if p.name != "detach"], return_annotation=None)
+    create.__annotations__ = {k: v for k, v in hints.items() if k != "detach"}
+    app.command(context_settings={"allow_interspersed_args": False})(create)
 
 
 def _show_line(line) -> None:
@@ -196,6 +261,8 @@ def logs(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="follow log output")] = False,
     tail: Annotated[str, typer.Option("-n", "--tail", help="lines from the end ('all')")] = "all",
     timestamps: Annotated[bool, typer.Option("-t", "--timestamps", help="show timestamps")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="show logs since a timestamp (2013-01-02T13:23:37Z) or relative (42m)")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="show logs before a timestamp or relative (42m)")] = None,
 ) -> None:
     """Fetch the output of a container."""
     from hv.errors import UsageError
@@ -208,9 +275,13 @@ def logs(
         except ValueError:
             raise UsageError(f'invalid value for --tail: "{tail}"', hint="use a number or 'all'") from None
         n = None if n < 0 else n
+    from cli.events_cmd import parse_time
+
+    lo = parse_time(since) if since else None
+    hi = parse_time(until) if until else None
     engine = _engine()
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    for line in engine.logs(container, follow=follow, tail=n):
+    for line in engine.logs(container, follow=follow, tail=n, since=lo, until=hi):
         stream = out if line.stream == 1 else err
         if timestamps:
             from cli.containers_view import log_timestamp
@@ -511,6 +582,22 @@ def _register_extras() -> None:
 
 
 _register_extras()
+__import__("cli.container_cmds").container_cmds.register(app)  # info, search, system info
+_LAZY = {"create", "container"}  # made on demand: `create`'s signature costs ~4 ms
+
+
+def _register_lazy() -> None:
+    """`hv create` (run's flags: their type hints evaluated) and `hv container …` (over
+    every top-level verb), for the commands that need them and for the whole app."""
+    if any((c.name or c.callback.__name__) == "create" for c in app.registered_commands):
+        return
+    _create_signature()
+    __import__("cli.container_cmds").container_cmds.register_group(app)
+
+
+def _names() -> set[str]:
+    return {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands} \
+        | {g.name for g in app.registered_groups}
 
 
 def _only(name: str) -> typer.Typer:
@@ -519,6 +606,8 @@ def _only(name: str) -> typer.Typer:
     hv's); unknown names and `--help` get the whole app and its messages."""
     import copy
 
+    if name in _LAZY or name not in _names():
+        _register_lazy()
     cmds = [c for c in app.registered_commands
             if (c.name or c.callback.__name__.replace("_", "-")) == name]
     groups = [g for g in app.registered_groups if g.name == name]

@@ -103,6 +103,12 @@ class Container:
     def short_id(self) -> str:
         return self.record.id[:12]
 
+    def labels(self) -> dict[str, str]:
+        """Docker's Config.Labels (`-l`, the API's Labels; hv.labels)."""
+        from hv.labels import labels
+
+        return labels(self.paths, self.id)
+
     def state(self) -> State:
         from hv.guest.logstream import read_status
 
@@ -183,7 +189,7 @@ class Container:
                 "Entrypoint": r.entrypoint or None,
                 "Tty": r.tty,
                 "OpenStdin": r.stdin_open,
-                "Labels": {},
+                "Labels": self.labels(),
             },
             "NetworkSettings": _network_settings(self.paths, r.id),
             "VM": {

@@ -61,6 +61,7 @@ class RunOptions:
     dns_search: list[str] = field(default_factory=list)  # `--dns-search DOMAIN`
     dns_options: list[str] = field(default_factory=list)  # `--dns-option OPT`
     add_hosts: list[str] = field(default_factory=list)  # `--add-host NAME:IP`, as typed
+    labels: dict[str, str] = field(default_factory=dict)  # `-l KEY=VALUE`: Config.Labels
 
 
 @dataclass

@@ -41,9 +41,11 @@ CONSOLE_RESERVE = 64 * 1024
 
 
 class Creating:
-    def create(self, opts: RunOptions, progress: Callable | None = None) -> Created:
+    def create(self, opts: RunOptions, progress: Callable | None = None,
+               start: bool = True) -> Created:
         """Validate, pull if needed (its events, 'Unable to find image' first, go to
-        `progress`), make the disk and seed, start the VM."""
+        `progress`), make the disk and seed, start the VM. `start=False` (`hv create`):
+        the domain is defined only, the container is Created until `start`."""
         memory = parse_memory(opts.memory) if opts.memory else DEFAULT_MEMORY_MIB
         vcpus, cpus = parse_cpus(opts.cpus) if opts.cpus else (1, 0.0)
         name = check_name(opts.name) if opts.name else None
@@ -127,6 +129,10 @@ class Creating:
         try:
             with _container_lock(self.paths, cid, exclusive=False):
                 self._join_networks(record, opts)  # records first: addresses for the seed
+                if opts.labels:  # beside the record, before anyone can list it
+                    from hv.labels import set_labels
+
+                    set_labels(self.paths, cid, opts.labels)
                 if mount_specs:
                     record.volumes, attached = self.volumes.attach(cid, mount_specs, transport)
                 base = self.images.base_disk(image)
@@ -141,7 +147,12 @@ class Creating:
                         json.dumps(self._nics_mark(record, interfaces)))
                 xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
                                   restrict=restrict)
-                self._boot(record, xml=xml, via=opened)
+                if start:
+                    self._boot(record, xml=xml, via=opened)
+                else:
+                    from hv.runtime import domains
+
+                    domains.define(self.libvirt, xml, record.domain_name, via=opened)
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt) and xml is not None:
                 _undo_start(self.libvirt, record)  # the child may have started it all the same
@@ -160,15 +171,16 @@ class Creating:
                 opened.close()
         if attached is not None and opts.auto_remove:
             self._made[cid] = attached  # undone if the main process never starts
-        if policy.name != "no":
+        if policy.name != "no" and start:
             restart.spawn_watcher(cid, self.config.child_environ())
         if networks:  # the peers already running resolve the newcomer
             from hv.network import ops
 
             self._push_hosts(ops.peers(self.paths.state_root(), cid) - {cid})
-        c = Container(record, True, paths=self.paths)
+        c = Container(record, start, paths=self.paths)
         self._container_event("create", c)
-        self._container_event("start", c)
+        if start:
+            self._container_event("start", c)
         return Created(c, warnings)
 
     def _boot(self, record: Record, xml: str | None = None, via=None) -> None:
@@ -191,7 +203,9 @@ class Creating:
                                   persistent=not record.auto_remove,
                                   forwards=wanted, via=via)
         else:
-            bound = domains.start_defined(self.libvirt, record.domain_name, forwards=wanted)
+            # a Created `--rm` container is defined (persistent) until its first start
+            bound = domains.start_defined(self.libvirt, record.domain_name, forwards=wanted,
+                                          transient=record.auto_remove)
         self.paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
         self.paths.container_ports(cid).write_text(json.dumps([
             dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)

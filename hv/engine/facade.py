@@ -122,6 +122,12 @@ class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events
 
         return system.prune(self, all_images=all_images, with_volumes=with_volumes)
 
+    def container_size(self, cid: str) -> int:
+        """The container's own disk (its overlay) as allocated on the host."""
+        from hv import system
+
+        return system.container_size(self.paths, cid)
+
     def system_df(self) -> list[dict]:
         from hv import system
 

@@ -257,7 +257,9 @@ class Lifecycle:
         wait_reaped(self.libvirt, c.domain)
         restart.clear_user_stop(self.paths, c.id)
         xml = self._network_xml(c) if c.record.networks else None
-        self._write_seed(c.record, wait_attach=wait_attach)
+        # a Created container's first boot copies image content into its empty volumes
+        first = not self.paths.container_started(c.id).exists()
+        self._write_seed(c.record, wait_attach=wait_attach, first_boot=first)
         self._boot(c.record, xml=xml)
         self._container_event("start", c)
         if watch and c.record.restart != "no":

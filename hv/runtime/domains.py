@@ -261,6 +261,8 @@ def _start(conn, xml: str | None, name: str, persistent: bool, fwds: list) -> li
             if newer is not None:
                 dom = conn.defineXML(newer)
             dom.create()
+            if not persistent:  # `create --rm`, started: gone when it powers off
+                dom.undefine()
         elif persistent:
             dom = conn.defineXML(xml)
             try:
@@ -295,9 +297,28 @@ def start(lv: Libvirt, xml: str, name: str, persistent: bool, forwards: list | N
     return (via or Opened(lv)).call(_start, xml, name, persistent, list(forwards or []))
 
 
-def start_defined(lv: Libvirt, name: str, forwards: list | None = None) -> list:
-    """Boot a defined (stopped) domain again, with its forwards (see `start`)."""
-    return lv.call(_start, None, name, True, list(forwards or []))
+def start_defined(lv: Libvirt, name: str, forwards: list | None = None,
+                  transient: bool = False) -> list:
+    """Boot a defined (stopped) domain again, with its forwards (see `start`); `transient`:
+    its definition goes once it runs (libvirt then forgets it at its power-off)."""
+    return lv.call(_start, None, name, not transient, list(forwards or []))
+
+
+def _define(conn, xml: str, name: str) -> None:
+    import libvirt  # loaded already: `conn` is open
+
+    try:
+        conn.defineXML(xml)
+    except libvirt.libvirtError as e:
+        if "already exists" in str(e):
+            raise Conflict(f'The container name "/{name}" is already in use',
+                           hint="remove that container or choose another --name") from None
+        raise translate(e, "cannot define the VM") from None
+
+
+def define(lv: Libvirt, xml: str, name: str, via: Opened | None = None) -> None:
+    """Define a domain without starting it (`create`: a container in the Created state)."""
+    (via or Opened(lv)).call(_define, xml, name)
 
 
 def _is_active(conn, name: str) -> bool | None:
