@@ -150,9 +150,9 @@ class ApiBench:
         def hv_run() -> float:
             return timed([*self.hv, "run", "--rm", "busybox", "true"], env=self.env, cwd=REPO)
 
-        def raw() -> float:
+        def raw() -> tuple[float, float]:
             return raw_boot_times(g / "vmlinuz", g / "initrd.img", cmdline, disk, 1,
-                                  bios=info["firmware"] or None, machine=info["machine"])[0][1]
+                                  bios=info["firmware"] or None, machine=info["machine"])[0]
 
         client = dockerpy.DockerClient(base_url=f"unix://{self.sock}", timeout=300)
 
@@ -162,13 +162,16 @@ class ApiBench:
             return time.perf_counter() - t
 
         docker_run(), hv_run(), raw(), py_run()  # warm-ups
-        d, h, r = [], [], []
+        d, h, r, rx = [], [], [], []
         for _ in range(REPEATS):
             d.append(docker_run())
-            r.append(raw())
+            exited, off = raw()
+            r.append(off)
+            rx.append(exited)
             h.append(hv_run())
         self.results["docker run --rm busybox true"] = d
         self.results[self.raw_key] = r
+        self.results[f"{self.raw_key}, to `exited`"] = rx
         self.results["hv run --rm busybox true"] = h
         p, c = [], []
         for _ in range(REPEATS):

@@ -96,7 +96,9 @@ def inject_busybox(root: Path, busybox: Path) -> list[str]:
     d = root / INJECT_DIR.lstrip("/")
     (d / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, d / "busybox")
-    for applet in ("sh", *APPLETS):
+    from hv.compare.comm import NEEDS, PIPE_NEEDS
+
+    for applet in dict.fromkeys(("sh", *APPLETS, *PIPE_NEEDS, *NEEDS)):
         link = d / "bin" / applet
         if not link.is_symlink():
             link.symlink_to("../busybox")

@@ -245,10 +245,9 @@ def _make_comm(engine, name: str, opts: Options, leg: Leg, root: Path, env: dict
     """The Communication row's pair for a column (LegError: why it cannot be measured)."""
     from hv.compare import comm
 
-    if name != "process":
-        gone = comm.missing(root, env)
-        if gone:
-            raise LegError(f"the image has no {', '.join(gone)}")
+    gone = comm.missing(root, env, comm.PIPE_NEEDS if name == "process" else comm.NEEDS)
+    if gone:
+        raise LegError(f"the image has no {', '.join(gone)}")
     if name == "process":
         return comm.PipeComm(leg._argv, shell, leg.env, leg.timeout)
     if name == "container":
