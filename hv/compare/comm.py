@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hv.compare.legs import LegError
+from hv.compare.workload import NEEDS, PIPE_NEEDS  # noqa: F401 - the runner asks comm
 
 ROUNDS = 2000  # pipe round trips per sample
 PINGS = 20  # echo requests per sample
 PORT = 5001
-PIPE_NEEDS = ("head", "cat")  # applets the process column's pair needs
-NEEDS = ("nc", "ping", "head", "mkfifo", "sleep")  # and the network columns
 RTT = re.compile(r"min/avg/max(?:/mdev)? = ([\d.]+)/([\d.]+)/([\d.]+)")
 # a FIFO held open for writing by a sleeper keeps nc's stdin open (busybox nc half-closes
 # on stdin EOF, and the client would quit before sending); nc exits on the client's EOF

@@ -359,3 +359,27 @@ def test_ctrl_c_during_a_namespace_column_leaves_nothing(hv, busybox, hv_root, c
     assert code == 130, err
     assert "interrupted" in err
     assert_nothing_left(hv, hv_root)
+
+
+def _netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("column", ["container", "vm"])
+def test_ctrl_c_during_the_communication_pair_leaves_nothing(hv, busybox, hv_root, column):
+    """Interrupted while the Communication row's pair exists: the namespaces with their veths
+    and bridge, or the two VMs on their hv network."""
+    proc = hv.popen("compare", busybox, *QUICK, "--only", column, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+    out = _Stderr(proc)
+
+    def paired() -> bool:
+        if column == "container":
+            return "hvcmp-" in _netns()
+        return bool(_pids_with(b"-net-b", hv_root)) and any(
+            "communication" in line for line in out.lines)
+
+    code, err = _interrupt_when(hv, proc, out, paired, timeout=300)
+    assert code == 130, err
+    assert "interrupted" in err
+    assert_nothing_left(hv, hv_root)
