@@ -81,16 +81,16 @@ class Veth:
         subprocess.run(["ip", *args], check=True, capture_output=True)
 
     def up(self) -> None:
+        self.made.append(("link", self.br))  # recorded first: an interrupted `ip` may make it
         self.ip("link", "add", self.br, "type", "bridge")
-        self.made.append(("link", self.br))
         with contextlib.suppress(OSError):  # no host address of any kind on the bridge
             Path(f"/proc/sys/net/ipv6/conf/{self.br}/disable_ipv6").write_text("1")
         self.ip("link", "set", self.br, "up")
         for ns, end, addr in zip(self.ns, self.host_ends, self.addrs, strict=True):
-            self.ip("netns", "add", ns)
             self.made.append(("netns", ns))
-            self.ip("link", "add", end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self.ip("netns", "add", ns)
             self.made.append(("link", end))
+            self.ip("link", "add", end, "type", "veth", "peer", "name", "eth0", "netns", ns)
             self.ip("link", "set", end, "master", self.br, "up")
             self.ip("-n", ns, "link", "set", "lo", "up")
             self.ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")

@@ -205,18 +205,20 @@ class VethComm(Comm):
             raise LegError(f"container: ip {' '.join(args)}: {p.stderr.strip()}")
 
     def setup(self) -> None:
-        self._ip("link", "add", self.br, "type", "bridge")
+        # each name is recorded before it is made: an interrupt during `ip` (Ctrl-C) may
+        # leave it made, and deleting one that is not there is harmless
         self.made.append(("link", self.br))
+        self._ip("link", "add", self.br, "type", "bridge")
         try:  # no host address of any kind: not even IPv6's link-local one
             Path(f"/proc/sys/net/ipv6/conf/{self.br}/disable_ipv6").write_text("1")
         except OSError:
             pass
         self._ip("link", "set", self.br, "up")
         for ns, end, addr in zip(self.ns, self.ends, self.ADDRS, strict=True):
-            self._ip("netns", "add", ns)
             self.made.append(("netns", ns))
-            self._ip("link", "add", end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._ip("netns", "add", ns)
             self.made.append(("link", end))
+            self._ip("link", "add", end, "type", "veth", "peer", "name", "eth0", "netns", ns)
             self._ip("link", "set", end, "master", self.br, "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
             self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
