@@ -82,8 +82,12 @@ test: setup
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
+# boot, seam and memory (run.py), then the Engine API service (api.py) and container networks
+# (network.py); HV_BENCH_REPEATS for all, HV_BENCH_QUICK=1 for a short iteration of the last two
 bench: setup
 	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) bench/run.py
+	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) bench/api.py
+	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) bench/network.py
 
 lint: venv
 	$(VENV)/bin/ruff check hv cli tests bench

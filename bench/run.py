@@ -15,6 +15,8 @@ Guest seam (issue 3)
   into the same guest's sshd
 Memory (issue 6)
 - QEMU RSS of an idle container; N idle containers at once (HV_BENCH_IDLE, default 20)
+Then `make bench` runs bench/api.py (the Engine API service driven by the docker CLI and
+docker-py) and bench/network.py (container networks against namespace containers on veth).
 
 Medians of N runs (HV_BENCH_REPEATS, default 7) after one warm-up each; the machine and the
 accelerator are printed with the numbers, since TCG and KVM differ by an order of magnitude.

@@ -10,7 +10,8 @@ measured, and the column's `error` or `notes` say why):
       "accelerator": {"name": "kvm"|"tcg", "reason": str},
       "image": {"ref", "id", "shell": [argv], "injected_busybox": bool},
       "repeats": int,
-      "params": {"io_mb", "compute_mb", "warmup", "vm_wait_s", "drop_caches"},
+      "params": {"io_mb", "compute_mb", "warmup", "vm_wait_s", "net_mb", "pings",
+                 "pipe_rounds", "drop_caches"},
       "results": {
         "process"|"container"|"vm": {
           "measured": bool, "error": str|null, "notes": [str], "how": str,
@@ -25,7 +26,9 @@ measured, and the column's `error` or `notes` say why):
                         "cpus", "mem_total_kib", "mounts", "pids_visible",
                         "host_pid_visible", "devices", "device_names": [str]},
           "caches": {"host_dropped": bool|null, "inside_dropped": bool|null,
-                     "host_drop_s": num|null}
+                     "host_drop_s": num|null},
+          "communication": {"how": str, "error": str|null, "rtt_s": STATS,
+                            "mb_s": STATS, "mb": int|null}
         }, ...   (only the columns asked for with --only)
       },
       "course": {ROW: {"process": str, "container": str, "vm": str}},
@@ -37,6 +40,7 @@ measured, and the column's `error` or `notes` say why):
 
 from __future__ import annotations
 
+from hv.compare.comm import PINGS, ROUNDS
 from hv.compare.measure import median, overhead_pct, summarize, throughput
 
 SCHEMA = "hv.compare/1"
@@ -85,6 +89,16 @@ FOOTNOTES = [
     "process + the container's processes; VM: the QEMU process). Overhead = host - "
     "workload. The VM's configured RAM is what the guest may use at most; QEMU's RSS is "
     "what it has touched so far (kernel, agent, page cache).",
+    "Communication: two of the column's kind talking, measured in the same run. Process: "
+    "two processes on pipes — round trip = a 1-byte ping-pong between a parent and its "
+    "forked child over two pipes (mean of 2000), throughput = `head -c N /dev/zero | cat > "
+    "/dev/null` in the chroot. Container: two network namespaces, a veth pair each into a "
+    "Linux bridge without a host address (the image's busybox chroot'ed in each). VM: two "
+    "hv VMs on one user-defined hv network (bridge, taps, virtio-net), through the engine "
+    "facade. Container and VM: round trip = the average of `ping -A -c 20`, throughput = N "
+    "MB (the disk I/O size) through busybox `nc` to a listener in the other one. Every "
+    "transfer's time has the median of a no-op launched the same way (`true` via chroot / "
+    "`ip netns exec` / the facade's exec) subtracted.",
     "Isolation: read by the workload itself: `uname -r`; host PIDs visible = /proc/PID of a "
     "marker process hv starts on the host exists and its cmdline carries hv's token; PIDs = "
     "numeric entries of /proc; hypervisor = the `hypervisor` flag in /proc/cpuinfo (a "
@@ -164,11 +178,21 @@ def _column(name, leg, life, full, error, notes, opts, host) -> dict:
     return col
 
 
-def build(*, opts, image, accel, host, legs, life, full, errors, notes, injected, shell) -> dict:
+def _communication(res) -> dict:
+    """The Communication row's numbers of one column (hv/compare/comm.py's CommResult)."""
+    if res is None:
+        return {"how": "", "error": "not measured", "rtt_s": None, "mb_s": None, "mb": None}
+    return {"how": res.how, "error": res.error, "rtt_s": _stats(res.rtt_s),
+            "mb_s": _stats(throughput(res.mb, t) for t in res.xfer_s), "mb": res.mb}
+
+
+def build(*, opts, image, accel, host, legs, life, full, errors, notes, injected, shell,
+          comm=None) -> dict:
     results = {}
     for name in opts.only:
         results[name] = _column(name, legs.get(name), life.get(name, []), full.get(name, []),
                                 errors.get(name), notes.get(name, []), opts, host)
+        results[name]["communication"] = _communication((comm or {}).get(name))
     base = results.get("process")
     for col in results.values():
         for key, src in (("compute_overhead_pct", "compute_s"), ("write_overhead_pct", "write_s"),
@@ -182,7 +206,8 @@ def build(*, opts, image, accel, host, legs, life, full, errors, notes, injected
                   "injected_busybox": injected},
         "repeats": opts.repeats,
         "params": {"io_mb": opts.io_mb, "compute_mb": opts.compute_mb, "warmup": opts.warmup,
-                   "vm_wait_s": opts.wait_s,
+                   "vm_wait_s": opts.wait_s, "net_mb": opts.io_mb, "pings": PINGS,
+                   "pipe_rounds": ROUNDS,
                    "drop_caches": "host: echo 3 > /proc/sys/vm/drop_caches (root) at the "
                                   "workload's `drop` marker; inside: the workload tries the "
                                   "same on its own /proc"},
@@ -227,6 +252,23 @@ def _yes(v) -> str:
     return "n/a" if v is None else ("yes" if v else "no")
 
 
+def fmt_rtt(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s * 1e6:.1f} µs" if s < 1e-3 else fmt_seconds(s) if s >= 1 else f"{s * 1e3:.2f} ms"
+
+
+COMM_VIA = {"process": "a pipe", "container": "veth", "vm": "hv's network"}
+
+
+def _comm_cell(name: str, comm: dict) -> str:
+    if comm["error"]:
+        return f"not measured: {comm['error']}"
+    rate = median(comm["mb_s"])
+    return (f"{COMM_VIA[name]}: round trip {fmt_rtt(median(comm['rtt_s']))}, "
+            + ("n/a" if rate is None else f"{rate:.1f} MB/s") + f" ({comm['mb']} MB)")
+
+
 def _measured_cells(doc: dict) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     host = doc["host"]
@@ -261,6 +303,7 @@ def _measured_cells(doc: dict) -> dict[str, dict[str, str]]:
             and name != "vm" else "")
         cells["devices"] = "n/a" if iso["devices"] is None else str(iso["devices"])
         cells["mounts"] = "n/a" if iso["mounts"] is None else str(iso["mounts"])
+        cells["communication"] = _comm_cell(name, c["communication"])
         cells["memtotal"] = fmt_mib(iso["mem_total_kib"])
         cells["cpus"] = "n/a" if iso["cpus"] is None else str(iso["cpus"])
         if c["error"]:

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from hv.compare.workload import APPLETS
+from hv.compare.workload import APPLETS, NEEDS, PIPE_NEEDS
 
 MAX_LINKS = 40
 
@@ -96,7 +96,7 @@ def inject_busybox(root: Path, busybox: Path) -> list[str]:
     d = root / INJECT_DIR.lstrip("/")
     (d / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, d / "busybox")
-    for applet in ("sh", *APPLETS):
+    for applet in dict.fromkeys(("sh", *APPLETS, *PIPE_NEEDS, *NEEDS)):
         link = d / "bin" / applet
         if not link.is_symlink():
             link.symlink_to("../busybox")

@@ -4,7 +4,9 @@ Order of a comparison (so that no phase measures another's leftovers):
 1. one untimed warm-up lifecycle run per column (page cache, libvirt's caches);
 2. REPEATS lifecycle runs per column (launch -> first marker -> exit);
 3. REPEATS full runs per column (isolation facts, memory at `idle`, compute, disk I/O);
-   the page cache drops of phase 3 come after every start was measured.
+   the page cache drops of phase 3 come after every start was measured;
+4. the Communication row per column (hv/compare/comm.py): two processes on a pipe, two
+   namespaces on a veth pair, two VMs on an hv network; REPEATS samples each.
 Nothing prints here: progress goes to a callback; the CLI renders the returned dict.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from hv.compare import measure, report
 from hv.compare import rootfs as rfs
 from hv.compare import workload as wl
+from hv.compare.comm import Comm, CommResult
 from hv.compare.legs import ContainerLeg, Leg, LegError, ProcessLeg, RunResult, VmLeg
 from hv.errors import HvError, Interrupted, UsageError
 
@@ -104,6 +107,7 @@ def compare(engine, opts: Options, progress: Progress | None = None) -> dict:
     errors: dict[str, str] = {}
     notes: dict[str, list[str]] = {leg: [] for leg in LEGS}
     marker: _Marker | None = None
+    comms: list[Comm] = []
     try:
         root = work / "rootfs"
         root.mkdir(mode=0o755)
@@ -141,7 +145,7 @@ def compare(engine, opts: Options, progress: Progress | None = None) -> dict:
             except LegError as e:
                 errors[name] = _with_hint(e)
 
-        total = len(legs) * ((1 if opts.warmup else 0) + 2 * opts.repeats)
+        total = len(legs) * ((1 if opts.warmup else 0) + 2 * opts.repeats + 1)
         done = 0
 
         def step(text: str) -> None:
@@ -186,12 +190,27 @@ def compare(engine, opts: Options, progress: Progress | None = None) -> dict:
                 r = attempt(name, "full", f"workload {i + 1}/{opts.repeats}")
                 if r:
                     full[name].append(r)
+        comm: dict[str, CommResult] = {}
+        for name in legs:
+            if name in errors:
+                done += 1
+                continue
+            step(f"{name}: communication")
+            try:
+                pair = _make_comm(engine, name, opts, legs[name], root, env, shell, run_id)
+            except LegError as e:
+                comm[name] = CommResult(error=_with_hint(e))
+            else:
+                comms.append(pair)
+                comm[name] = pair.run(opts.repeats, opts.io_mb)
+            done += 1
+            step(f"{name}: communication done")
         for name, leg in legs.items():
             notes[name].extend(n for n in leg.notes if n not in notes[name])
         result = report.build(
             opts=opts, image=image, accel=accel, host=measure.host_facts(), legs=legs,
             life=life, full=full, errors=errors, notes=notes, injected=injected,
-            shell=shell)
+            shell=shell, comm=comm)
         if progress:
             progress(total, total, "done")
         return result
@@ -199,7 +218,7 @@ def compare(engine, opts: Options, progress: Progress | None = None) -> dict:
         raise Interrupted("hv compare was interrupted; everything it started was removed") \
             from None
     finally:
-        _cleanup(legs, marker, work)
+        _cleanup(legs, marker, work, comms)
 
 
 def _make_leg(engine, name: str, opts: Options, root: Path, work: Path, env: dict[str, str],
@@ -221,13 +240,35 @@ def _make_leg(engine, name: str, opts: Options, root: Path, work: Path, env: dic
     return VmLeg(engine, opts.image, f"hvcmp-{run_id}", opts.memory)
 
 
-def _cleanup(legs: dict[str, Leg], marker: _Marker | None, work: Path) -> None:
+def _make_comm(engine, name: str, opts: Options, leg: Leg, root: Path, env: dict[str, str],
+               shell: list[str], run_id: str) -> Comm:
+    """The Communication row's pair for a column (LegError: why it cannot be measured)."""
+    from hv.compare import comm
+
+    gone = comm.missing(root, env, comm.PIPE_NEEDS if name == "process" else comm.NEEDS)
+    if gone:
+        raise LegError(f"the image has no {', '.join(gone)}")
+    if name == "process":
+        return comm.PipeComm(leg._argv, shell, leg.env, leg.timeout)
+    if name == "container":
+        chroot = ProcessLeg(root, env)  # the image's binaries, chroot'ed in each namespace
+        return comm.VethComm(run_id, chroot._argv, shell, env, leg.timeout)
+    return comm.VmComm(engine, opts.image, shell, run_id, leg.timeout)
+
+
+def _cleanup(legs: dict[str, Leg], marker: _Marker | None, work: Path,
+             comms: list[Comm] = ()) -> None:
     """Kill, delete, destroy; then remove the temporary rootfs. Runs even on a second Ctrl-C
     as far as Python lets it."""
     import signal
 
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the clean-up first
     try:
+        for pair in comms:
+            try:
+                pair.cleanup()
+            except Exception:  # noqa: BLE001 - clean as much as possible
+                pass
         for leg in legs.values():
             try:
                 leg.cleanup()

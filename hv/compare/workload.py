@@ -71,6 +71,9 @@ m done
 
 # What the script needs from the image besides the shell's builtins.
 APPLETS = ("uname", "cat", "dd", "md5sum", "rm", "sync", "sleep")
+# the Communication row's pairs (hv/compare/comm.py): the process column's, the network ones'
+PIPE_NEEDS = ("head", "cat")
+NEEDS = ("nc", "ping", "head", "mkfifo", "sleep")
 IO_FILE = "/hvcmp-io.dat"
 
 

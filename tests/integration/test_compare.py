@@ -26,7 +26,9 @@ TOP_KEYS = {"schema", "host", "accelerator", "image", "repeats", "params", "resu
             "rows", "footnotes"}
 COLUMN_KEYS = {"measured", "error", "notes", "how", "runtime", "start_s", "exit_s", "compute_s",
                "write_s", "read_s", "write_mb_s", "read_mb_s", "compute_overhead_pct",
-               "write_overhead_pct", "read_overhead_pct", "memory", "isolation", "caches"}
+               "write_overhead_pct", "read_overhead_pct", "memory", "isolation", "caches",
+               "communication"}
+COMM_KEYS = {"how", "error", "rtt_s", "mb_s", "mb"}
 STATS_KEYS = {"median", "min", "max", "spread", "n", "values"}
 ISOLATION_KEYS = {"kernel", "same_kernel_as_host", "hostname", "hypervisor_flag", "cpus",
                   "mem_total_kib", "mounts", "pids_visible", "host_pid_visible", "devices",
@@ -80,6 +82,13 @@ def assert_nothing_left(hv, hv_root: Path) -> None:
     assert _oci_containers(hv_root) == []
     tmp = hv_root / "tmp"
     assert not list(tmp.glob("compare-*")) if tmp.exists() else True
+    # the Communication row's pairs: namespaces, veths, bridge, hv network
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "hvcmp-" not in netns, netns
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert "hvcmp" not in links, links
+    nets = hv("network", "ls", "--format", "{{.Name}}", check=True).stdout.split()
+    assert not [n for n in nets if n.startswith("hvcmp-")], nets
 
 
 def compare_json(hv, *args, env=None, timeout=600) -> dict:
@@ -132,6 +141,30 @@ def test_every_column_is_measured_and_numeric(full_doc, hv, hv_root):
     assert abs(res["process"]["memory"]["overhead_kib"]["median"]) < 1024
     assert res["vm"]["start_s"]["median"] > res["process"]["start_s"]["median"]
     assert_nothing_left(hv, hv_root)
+
+
+def test_communication_row_is_measured(full_doc):
+    """A pipe between two processes, a veth pair between two namespaces, hv's network between
+    two VMs: each a measured round trip and throughput, in the JSON and in the row."""
+    res = full_doc["results"]
+    assert full_doc["params"]["net_mb"] == 4 and full_doc["params"]["pings"] > 0
+    for name, col in res.items():
+        c = col["communication"]
+        assert set(c) == COMM_KEYS, name
+        assert c["error"] is None, (name, c["error"])
+        assert c["how"] and c["mb"] == 4
+        _numeric_stats(c["rtt_s"])
+        _numeric_stats(c["mb_s"])
+        assert c["rtt_s"]["median"] > 0 and c["mb_s"]["median"] > 0, name
+    rtt = {n: res[n]["communication"]["rtt_s"]["median"] for n in res}
+    # a guest's TCP/IP stack and virtio-net beside the host kernel's veth and pipes: a VM's
+    # round trip is slower than both, under KVM as under TCG
+    assert rtt["vm"] > rtt["container"] and rtt["vm"] > rtt["process"], rtt
+    assert rtt["process"] < 0.01 and rtt["container"] < 0.05, rtt
+    row = {r[0]: r[1:] for r in full_doc["rows"]}["Communication"]
+    for cell, via in zip(row, ("a pipe", "veth", "hv's network"), strict=True):
+        assert f"— {via}: round trip " in cell and "MB/s" in cell and cell.endswith(
+            "(measured)"), cell
 
 
 def test_kernels_and_host_pids(full_doc):
@@ -323,6 +356,30 @@ def test_ctrl_c_during_a_namespace_column_leaves_nothing(hv, busybox, hv_root, c
         return bool(_pids_with(b"@@hvcmp", hv_root))
 
     code, err = _interrupt_when(hv, proc, out, computing)
+    assert code == 130, err
+    assert "interrupted" in err
+    assert_nothing_left(hv, hv_root)
+
+
+def _netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("column", ["container", "vm"])
+def test_ctrl_c_during_the_communication_pair_leaves_nothing(hv, busybox, hv_root, column):
+    """Interrupted while the Communication row's pair exists: the namespaces with their veths
+    and bridge, or the two VMs on their hv network."""
+    proc = hv.popen("compare", busybox, *QUICK, "--only", column, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+    out = _Stderr(proc)
+
+    def paired() -> bool:
+        if column == "container":
+            return "hvcmp-" in _netns()
+        return bool(_pids_with(b"-net-b", hv_root)) and any(
+            "communication" in line for line in out.lines)
+
+    code, err = _interrupt_when(hv, proc, out, paired, timeout=300)
     assert code == 130, err
     assert "interrupted" in err
     assert_nothing_left(hv, hv_root)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hv.compare import measure, report, rootfs, workload
+from hv.compare import comm, measure, report, rootfs, workload
 from hv.compare.legs import RunResult, runtime_choice
 from hv.compare.runner import Options, parse_only
 from hv.config import Config
@@ -246,7 +246,15 @@ def _result(start, exit_, compute, write, read, rss_in, host_kib, kernel, hostpi
     return life, full
 
 
-def _doc(only=("process", "container", "vm"), errors=None):
+def _comm(rtt: float, xfer: float, mb: int = 32, error: str | None = None):
+    return comm.CommResult("how", rtt_s=[rtt], xfer_s=[xfer], mb=mb, error=error)
+
+
+COMMS = {"process": _comm(12e-6, 0.02), "container": _comm(40e-6, 2.0),
+         "vm": _comm(1.8e-3, 20.0)}
+
+
+def _doc(only=("process", "container", "vm"), errors=None, comms=None):
     host = {"kernel": "6.18-host", "system": "Linux", "cpu": "CPU", "cpus": 2,
             "mem_total_kib": 1 << 24, "hypervisor_flag": True, "hostname": "h"}
     data = {"process": _result(0.01, 0.012, 1.0, 0.1, 0.1, 2000, 2000, "6.18-host", "1"),
@@ -259,7 +267,8 @@ def _doc(only=("process", "container", "vm"), errors=None):
                         accel=SimpleNamespace(name="tcg", reason="no vmx"), host=host,
                         legs=legs, life={n: [data[n][0]] for n in only},
                         full={n: [data[n][1]] for n in only}, errors=errors or {},
-                        notes={n: [] for n in only}, injected=False, shell=["/bin/sh"])
+                        notes={n: [] for n in only}, injected=False, shell=["/bin/sh"],
+                        comm=COMMS if comms is None else comms)
 
 
 def test_report_numbers_and_schema():
@@ -295,6 +304,59 @@ def test_rows_put_measurements_beside_the_course():
     md = report.markdown(doc)
     assert "| | Process | Container | VM (hv) |" in md
     assert "accelerator: TCG" in md
+
+
+def test_communication_row_is_measured():
+    doc = _doc()
+    res = doc["results"]
+    assert res["vm"]["communication"]["rtt_s"]["median"] == pytest.approx(1.8e-3)
+    assert res["container"]["communication"]["mb_s"]["median"] == pytest.approx(16.0)
+    assert res["process"]["communication"]["mb_s"]["median"] == pytest.approx(1600.0)
+    assert doc["params"]["pings"] == comm.PINGS and doc["params"]["net_mb"] == 32
+    row = {r[0]: r[1:] for r in doc["rows"]}["Communication"]
+    assert row[0] == ("inter-process (IPC) (course) — a pipe: round trip 12.0 µs, "
+                      "1600.0 MB/s (32 MB) (measured)")
+    assert row[1].startswith("IPC (course) — veth: round trip 40.0 µs, 16.0 MB/s")
+    assert row[2].startswith("network devices (course) — hv's network: round trip 1.80 ms")
+    doc = _doc(comms={"process": COMMS["process"],
+                      "vm": _comm(0, 0, error="the image has no nc")})
+    row = {r[0]: r[1:] for r in doc["rows"]}["Communication"]
+    assert row[2] == "network devices (course) — not measured: the image has no nc"
+    assert "(course) — not measured: not measured" in row[1]  # no pair was made at all
+    json.dumps(doc)
+
+
+def test_pipe_round_trip_and_throughput_are_real():
+    """The process column's pair, measured here without a chroot (the same scripts)."""
+    rtt = comm.pipe_round_trip_s(300)
+    assert 0 < rtt < 0.05
+    res = comm.PipeComm(lambda argv: argv, ["/bin/sh"], dict(os.environ)).run(2, 4)
+    assert res.error is None, res.error
+    assert len(res.rtt_s) == 2 and all(0 < r < 0.05 for r in res.rtt_s)
+    assert len(res.xfer_s) == 2 and all(t > 0 for t in res.xfer_s)
+    doc = _doc(comms={"process": res})
+    st = doc["results"]["process"]["communication"]["mb_s"]
+    assert st["n"] == 2 and st["median"] > 4  # a pipe moves 4 MB in far less than a second
+
+
+def test_ping_summary_and_send_script(tmp_path):
+    assert comm.ping_avg_s("20 packets transmitted, 20 packets received, 0% packet loss\n"
+                           "round-trip min/avg/max = 0.031/0.052/0.210 ms\n") == \
+        pytest.approx(52e-6)
+    assert comm.ping_avg_s("rtt min/avg/max/mdev = 0.031/1.500/2.0/0.1 ms") == \
+        pytest.approx(1.5e-3)
+    with pytest.raises(comm.LegError):
+        comm.ping_avg_s("ping: sendto: Network unreachable")
+    script = comm.send_script("10.0.0.2", 3)
+    assert f"head -c {3 << 20} /dev/zero | nc 10.0.0.2 {comm.PORT}" in script
+    # a refused connect is retried a bounded number of times, then the script fails
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nc").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "nc").chmod(0o755)
+    p = subprocess.run(["/bin/sh", "-c", script.replace("sleep 0.1", "true")],
+                       env={"PATH": f"{fake}:/usr/bin:/bin"}, capture_output=True, timeout=60)
+    assert p.returncode == 1
 
 
 def test_missing_column_and_errors():
