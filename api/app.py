@@ -220,4 +220,6 @@ def build(config) -> Service:
     its flags and environment): the one place the API makes an Engine."""
     from hv.engine import Engine
 
-    return Service(Engine(config))
+    engine = Engine(config)
+    engine.adopt_vms()
+    return Service(engine)

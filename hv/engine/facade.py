@@ -122,6 +122,14 @@ class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events
 
         return system.prune(self, all_images=all_images, with_volumes=with_volumes)
 
+    def adopt_vms(self) -> None:
+        """For a long-lived front end (the API service): become the subreaper of the QEMUs
+        it starts, so an exited one is reaped at once (where init reaps orphans lazily,
+        libvirt's next call on its domain waited ~1 s for the zombie)."""
+        from hv.engine.lifecycle import _become_subreaper
+
+        _become_subreaper()
+
     def container_size(self, cid: str) -> int:
         """The container's own disk (its overlay) as allocated on the host."""
         from hv import system

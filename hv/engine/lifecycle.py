@@ -199,9 +199,7 @@ class Lifecycle:
         # code read as 0)
         with _container_lock(self.paths, c.id, exclusive=False):
             if c.active:
-                while self._alive(c):
-                    time.sleep(0.05)
-                code = self.exit_code(c)
+                code = self._await_exit(c)
                 self._container_event("die", c, exitCode=str(code))
             st = replace(c, active=False, paused=False).state()
         code = st.exit_code if code is None else code
@@ -209,6 +207,32 @@ class Lifecycle:
             while self.paths.container_dir(c.id).exists():
                 time.sleep(0.05)
         return WaitResult(code, st.error or None)
+
+    def _await_exit(self, c: Container) -> int:
+        """Block until the running `c` powered off; its exit code. Woken by QEMU's pidfd;
+        an `--rm` container (nothing of it outlives its main process) is taken down as
+        soon as the guest reported the exit, as a foreground run's `follow` does, and its
+        zombie is not waited for (no libvirt call follows: its transient domain is gone)."""
+        from hv.guest.logstream import read_status
+        from hv.runtime.domains import qemu_exit_fd
+
+        status = self.paths.container_status(c.id)
+        exit_fd = qemu_exit_fd(self.libvirt, c.domain)
+        discard = _discarded_at_exit(c) and exit_fd is not None
+        brisk_until = time.monotonic() + 2.0  # short commands: look often at first
+        try:
+            while self._alive(c):
+                if discard and read_status(status).exit_code is not None:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(exit_fd, signal.SIGKILL)
+                _wait_exit(exit_fd, POLL_BRISK if discard and time.monotonic() < brisk_until
+                           else 0.05)
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
+        if discard:
+            return replace(c, active=False, paused=False).state().exit_code
+        return self.exit_code(c)
 
     def _await_start(self, c: Container) -> Container:
         """Block until a stopped container runs again (`wait --condition next-exit`)."""

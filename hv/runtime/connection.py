@@ -366,7 +366,7 @@ def _collect(r: int, pid: int) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-            child_done = pid in reap_children() or child_done
+            child_done = pid in reap_children(also=pid) or child_done
     if not child_done:
         try:
             os.waitpid(pid, 0)
@@ -375,17 +375,46 @@ def _collect(r: int, pid: int) -> bytes:
     return b"".join(chunks)
 
 
-def reap_children() -> list[int]:
-    """Reap every exited child (adopted QEMUs included) without blocking; their pids."""
+def reap_children(also: int | None = None) -> list[int]:
+    """Reap, without blocking, the exited children of ours that are QEMUs or live in
+    another session (what a subreaper adopts: QEMUs libvirt daemonized, detached helpers)
+    and `also`; their pids. Never another child of our own session: a subprocess another
+    thread waits for must get its own exit status (`waitpid(-1)` could make a failed
+    `qemu-img` read as success)."""
     reaped = []
-    while True:
+    ours = os.getsid(0)
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        tasks = []
+    children: set[int] = set()
+    for task in tasks:
         try:
-            child, _ = os.waitpid(-1, os.WNOHANG)
+            with open(f"/proc/self/task/{task}/children") as f:
+                children.update(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    if also is not None:
+        children.add(also)
+    for pid in children:
+        if pid != also:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    comm, _, rest = f.read().partition("(")[2].rpartition(")")
+                fields = rest.split()
+            except (OSError, IndexError):
+                continue
+            # QEMU is ours to reap in any session (libvirt's capability probes in its child)
+            if fields[0] != "Z" or (int(fields[3]) == ours and
+                                    not comm.startswith("qemu-system")):
+                continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return reaped
-        if child == 0:
-            return reaped
-        reaped.append(child)
+            continue
+        if done:
+            reaped.append(done)
+    return reaped
 
 
 def first_line(text: str) -> str:
