@@ -97,13 +97,13 @@ def routes(svc) -> list:
         if not c.active:
             raise NotModified("container already stopped")
         svc.fresh.discard(c.id)
-        engine.stop(c.id, req.integer("t", 10))
+        engine.stop(c.id, req.integer("t", None))
         return Response(204)
 
     def restart(req: Request, ref: str) -> Response:
         c = _settled(engine, svc, ref)
         svc.fresh.discard(c.id)
-        _started(engine, engine.restart(c.id, req.integer("t", 10)))
+        _started(engine, engine.restart(c.id, req.integer("t", None)))
         return Response(204)
 
     def kill(req: Request, ref: str) -> Response:

@@ -22,7 +22,7 @@ from hv.timefmt import human_duration, rfc3339
 _CONFIG_DONE = {
     "Image", "Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Hostname", "Tty",
     "OpenStdin", "AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ExposedPorts",
-    "Volumes", "ArgsEscaped", "Labels",
+    "Volumes", "ArgsEscaped", "Labels", "StopSignal", "StopTimeout",
 }
 _HOST_DONE = {
     "Binds", "Mounts", "PortBindings", "PublishAllPorts", "AutoRemove", "RestartPolicy",
@@ -199,6 +199,8 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
         dns=_strings(host.get("Dns"), "HostConfig.Dns"),
         dns_search=_strings(host.get("DnsSearch"), "HostConfig.DnsSearch"),
         dns_options=_strings(host.get("DnsOptions"), "HostConfig.DnsOptions"),
+        stop_signal=_typed(body.get("StopSignal"), str, "StopSignal", "") or None,
+        stop_timeout=_typed(body.get("StopTimeout"), int, "StopTimeout", None),
     )
     return opts, warnings
 

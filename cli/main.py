@@ -91,6 +91,8 @@ def run(
     cidfile: Annotated[str | None, typer.Option("--cidfile", help="write the container ID to the file")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", help="not supported: a VM has no host devices")] = None,
     privileged: Annotated[bool, typer.Option("--privileged", help="accepted: the container already has its whole VM")] = False,
+    stop_signal: Annotated[str | None, typer.Option("--stop-signal", help="signal to stop the container")] = None,
+    stop_timeout: Annotated[int | None, typer.Option("--stop-timeout", help="seconds to wait before killing it at stop")] = None,
 ) -> None:
     """Create and start a container (a VM) from an image."""
     opts = _run_options(dict(locals()))
@@ -153,7 +155,7 @@ def _run_options(flags: dict):
         networks=list(g("network") or []), network_aliases=list(g("network_alias") or []),
         ip=g("ip"), dns=list(g("dns") or []), dns_search=list(g("dns_search") or []),
         dns_options=list(g("dns_option") or []), add_hosts=list(g("add_host") or []),
-        labels=labels,
+        labels=labels, stop_signal=g("stop_signal"), stop_timeout=g("stop_timeout"),
     )
 
 
@@ -418,7 +420,7 @@ def _each(containers: list[str], action) -> None:
 @app.command()
 def stop(
     containers: Annotated[list[str], typer.Argument()],
-    time: Annotated[int, typer.Option("-t", "--time", help="seconds to wait before killing")] = 10,
+    time: Annotated[int | None, typer.Option("-t", "--time", help="seconds to wait before killing (default: the container's --stop-timeout, else 10)")] = None,
 ) -> None:
     """Stop running containers (SIGTERM, then SIGKILL after the grace period)."""
     engine = _engine()
@@ -459,7 +461,7 @@ def start(
 @app.command()
 def restart(
     containers: Annotated[list[str], typer.Argument()],
-    time: Annotated[int, typer.Option("-t", "--time", help="seconds to wait before killing")] = 10,
+    time: Annotated[int | None, typer.Option("-t", "--time", help="seconds to wait before killing (default: the container's --stop-timeout, else 10)")] = None,
 ) -> None:
     """Restart containers (the disk and its changes survive)."""
     engine = _engine()

@@ -50,6 +50,8 @@ class Record:
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
     domain: str = ""  # the libvirt domain's name ("" = `name`, as hv made them before rename)
+    stop_signal: str = ""  # "" = SIGTERM (through ctrl-alt-del to the agent)
+    stop_timeout: int | None = None  # None = 10 s
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -190,6 +192,8 @@ class Container:
                 "Tty": r.tty,
                 "OpenStdin": r.stdin_open,
                 "Labels": self.labels(),
+                **({"StopSignal": r.stop_signal} if r.stop_signal else {}),
+                **({"StopTimeout": r.stop_timeout} if r.stop_timeout is not None else {}),
             },
             "NetworkSettings": _network_settings(self.paths, r.id),
             "VM": {

@@ -95,14 +95,26 @@ def wait_powered_off(ctx: Context, c: Container, timeout: float, reap: bool = Tr
     return False
 
 
-def stop(ctx: Context, c: Container, timeout: int) -> None:
-    """SIGTERM to the main process (ctrl-alt-del → agent), SIGKILL by power-off after `timeout`."""
+def stop(ctx: Context, c: Container, timeout: int, stop_signal: str = "") -> None:
+    """SIGTERM to the main process (ctrl-alt-del → agent; another `stop_signal` through
+    the agent's `signal` verb), SIGKILL by power-off after `timeout` (-1: none)."""
     from hv.runtime.domains import destroy
 
     if not c.active:
         return
-    if timeout > 0 and ctx.libvirt.call(_send_ctrl_alt_del, c.domain):
-        if wait_powered_off(ctx, c, timeout):
+    wait = float("inf") if timeout < 0 else timeout
+    signum = parse_signal(stop_signal) if stop_signal else _signal.SIGTERM
+    if signum not in (_signal.SIGTERM, _signal.SIGKILL) and timeout != 0:
+        try:
+            _signal_main(ctx, c, signum)
+        except HvError:
+            pass
+        else:
+            if wait_powered_off(ctx, c, wait):
+                return
+    elif timeout != 0 and signum == _signal.SIGTERM and \
+            ctx.libvirt.call(_send_ctrl_alt_del, c.domain):
+        if wait_powered_off(ctx, c, wait):
             return
     destroy(ctx.libvirt, c.domain)
     wait_powered_off(ctx, c, 10)

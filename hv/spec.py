@@ -62,6 +62,8 @@ class RunOptions:
     dns_options: list[str] = field(default_factory=list)  # `--dns-option OPT`
     add_hosts: list[str] = field(default_factory=list)  # `--add-host NAME:IP`, as typed
     labels: dict[str, str] = field(default_factory=dict)  # `-l KEY=VALUE`: Config.Labels
+    stop_signal: str | None = None  # `--stop-signal`: what `stop` sends (default SIGTERM)
+    stop_timeout: int | None = None  # `--stop-timeout`: `stop`'s default grace (10 s)
 
 
 @dataclass

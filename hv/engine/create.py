@@ -65,6 +65,15 @@ class Creating:
         published = [ports.parse(p) for p in opts.publish]
         networks, add_hosts = self._plan_networks(opts)
         dns, dns_search, dns_options = self._plan_dns(opts)
+        stop_signal = ""
+        if opts.stop_signal:
+            from hv.guestops import parse_signal
+
+            parse_signal(opts.stop_signal)  # Docker's error for a bad one, before anything
+            stop_signal = opts.stop_signal  # as given, as Docker keeps it
+        if opts.stop_timeout is not None and opts.stop_timeout < -1:
+            raise UsageError(f"invalid --stop-timeout {opts.stop_timeout}",
+                             hint="seconds to wait, or -1 to wait forever")
         # every flag and the guest checked before any download
         assets = _guest_assets(self.paths, self.config.firmware)
         image = self._image_for_run(opts.image, progress)
@@ -110,7 +119,7 @@ class Creating:
             ports=[p.to_dict() for p in published], tty=opts.tty,
             stdin_open=opts.interactive, restart=policy.to_text(), networks=networks,
             add_hosts=add_hosts, dns=dns, dns_search=dns_search, dns_options=dns_options,
-            domain=domain,
+            domain=domain, stop_signal=stop_signal, stop_timeout=opts.stop_timeout,
         )
         cdir = self.paths.container_dir(cid)
         held = _new_container_dir(self.paths, cid, self.libvirt.embedded)

@@ -249,15 +249,19 @@ class Lifecycle:
                     raise ContainerNotFound(f"No such container: {c.id}") from None
             time.sleep(0.1)
 
-    def stop(self, ref: str, timeout: int = 10) -> Container:
+    def stop(self, ref: str, timeout: int | None = None) -> Container:
+        """The container's stop signal (SIGTERM unless `--stop-signal`), power-off after
+        `timeout` s (None: its `--stop-timeout`, else 10; -1: wait for ever)."""
         from hv import guestops, restart
         from hv.guest import mux
 
         c = self.container(ref)
+        if timeout is None:
+            timeout = 10 if c.record.stop_timeout is None else c.record.stop_timeout
         restart.mark_user_stop(self.paths, c.id)
         was_running = c.active
         try:
-            guestops.stop(self.ctx, c, timeout)
+            guestops.stop(self.ctx, c, timeout, c.record.stop_signal)
         finally:
             mux.stop(self.config, c.id)  # it exits with the guest anyway; never outlive a stop
         self._drop_taps(c)
@@ -349,7 +353,7 @@ class Lifecycle:
         self._container_event("rename", renamed, oldName="/" + c.name)
         return renamed
 
-    def restart(self, ref: str, timeout: int = 10) -> Container:
+    def restart(self, ref: str, timeout: int | None = None) -> Container:
         self.stop(ref, timeout)
         c = self.start(ref)
         self._container_event("restart", c)

@@ -138,3 +138,33 @@ def test_device_refused_privileged_accepted_and_container_group(private):
         assert "sf-group" not in left and "sf-up" in left  # running ones stay
     finally:
         hv("rm", "-f", "sf-group", "sf-up")
+
+
+def test_stop_signal_and_stop_timeout(hv, busybox):
+    import time
+
+    try:
+        hv("run", "-d", "--name", "sf-sig", "--stop-signal", "usr1", "--stop-timeout", "60",
+           busybox, "sh", "-c", 'trap "echo got-usr1; exit 7" USR1; echo up; '
+           "while :; do sleep 0.1; done", check=True)
+        hv.wait_for(lambda: "up" in hv("logs", "sf-sig").stdout, timeout=60)
+        cfg = json.loads(hv("inspect", "sf-sig", check=True).stdout)[0]["Config"]
+        assert (cfg["StopSignal"], cfg["StopTimeout"]) == ("usr1", 60)
+        t = time.monotonic()
+        hv("stop", "sf-sig", check=True)
+        assert time.monotonic() - t < 30  # the handler ended it: no 60 s grace spent
+        assert hv("inspect", "-f", "{{.State.ExitCode}}", "sf-sig", check=True).stdout == "7\n"
+        assert "got-usr1" in hv("logs", "sf-sig", check=True).stdout
+        # --stop-timeout is stop's default grace: SIGTERM ignored, killed after 1 s
+        hv("run", "-d", "--name", "sf-grace", "--stop-timeout", "1", busybox, "sh", "-c",
+           'trap "" TERM; echo up; while :; do sleep 0.1; done', check=True)
+        hv.wait_for(lambda: "up" in hv("logs", "sf-grace").stdout, timeout=60)
+        t = time.monotonic()
+        hv("stop", "sf-grace", check=True)
+        assert time.monotonic() - t < 8
+        assert hv("inspect", "-f", "{{.State.ExitCode}}", "sf-grace",
+                  check=True).stdout == "137\n"
+        p = hv("run", "--rm", "--stop-signal", "NOPE", busybox, "true")
+        assert p.returncode == 125 and "invalid signal: NOPE" in one_error(p)
+    finally:
+        hv("rm", "-f", "sf-sig", "sf-grace")
