@@ -27,7 +27,7 @@ _CONFIG_DONE = {
 _HOST_DONE = {
     "Binds", "Mounts", "PortBindings", "PublishAllPorts", "AutoRemove", "RestartPolicy",
     "Memory", "NanoCpus", "ConsoleSize", "NetworkMode", "ExtraHosts", "Dns", "DnsSearch",
-    "DnsOptions",
+    "DnsOptions", "Tmpfs", "ReadonlyRootfs",
 }
 # Values of fields hv does not do that mean "as usual" (what docker/cli and docker-py send
 # for a plain `run`).
@@ -199,6 +199,9 @@ def run_options(body: dict, name: str | None, image_exposed: dict | None
         dns=_strings(host.get("Dns"), "HostConfig.Dns"),
         dns_search=_strings(host.get("DnsSearch"), "HostConfig.DnsSearch"),
         dns_options=_strings(host.get("DnsOptions"), "HostConfig.DnsOptions"),
+        tmpfs=[f"{k}:{v}" if v else k for k, v in
+               (_typed(host.get("Tmpfs"), dict, "HostConfig.Tmpfs", {}) or {}).items()],
+        read_only=bool(_typed(host.get("ReadonlyRootfs"), bool, "HostConfig.ReadonlyRootfs")),
         stop_signal=_typed(body.get("StopSignal"), str, "StopSignal", "") or None,
         stop_timeout=_typed(body.get("StopTimeout"), int, "StopTimeout", None),
     )

@@ -93,6 +93,8 @@ def run(
     privileged: Annotated[bool, typer.Option("--privileged", help="accepted: the container already has its whole VM")] = False,
     stop_signal: Annotated[str | None, typer.Option("--stop-signal", help="signal to stop the container")] = None,
     stop_timeout: Annotated[int | None, typer.Option("--stop-timeout", help="seconds to wait before killing it at stop")] = None,
+    tmpfs: Annotated[list[str] | None, typer.Option("--tmpfs", help="mount a tmpfs directory, PATH[:OPTIONS]")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="mount the container's root filesystem read-only")] = False,
 ) -> None:
     """Create and start a container (a VM) from an image."""
     opts = _run_options(dict(locals()))
@@ -156,6 +158,7 @@ def _run_options(flags: dict):
         ip=g("ip"), dns=list(g("dns") or []), dns_search=list(g("dns_search") or []),
         dns_options=list(g("dns_option") or []), add_hosts=list(g("add_host") or []),
         labels=labels, stop_signal=g("stop_signal"), stop_timeout=g("stop_timeout"),
+        tmpfs=list(g("tmpfs") or []), read_only=bool(g("read_only")),
     )
 
 

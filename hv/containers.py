@@ -52,6 +52,8 @@ class Record:
     domain: str = ""  # the libvirt domain's name ("" = `name`, as hv made them before rename)
     stop_signal: str = ""  # "" = SIGTERM (through ctrl-alt-del to the agent)
     stop_timeout: int | None = None  # None = 10 s
+    tmpfs: list[str] = field(default_factory=list)  # "PATH[:OPTIONS]", checked
+    read_only: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
@@ -174,6 +176,8 @@ class Container:
                 "AutoRemove": r.auto_remove,
                 "NetworkMode": r.networks[0] if r.networks else "default",
                 "ExtraHosts": list(r.add_hosts) or None,
+                "ReadonlyRootfs": r.read_only,
+                "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in r.tmpfs} or None,
                 "Dns": list(r.dns),
                 "DnsSearch": list(r.dns_search),
                 "DnsOptions": list(r.dns_options),

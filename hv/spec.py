@@ -64,6 +64,8 @@ class RunOptions:
     labels: dict[str, str] = field(default_factory=dict)  # `-l KEY=VALUE`: Config.Labels
     stop_signal: str | None = None  # `--stop-signal`: what `stop` sends (default SIGTERM)
     stop_timeout: int | None = None  # `--stop-timeout`: `stop`'s default grace (10 s)
+    tmpfs: list[str] = field(default_factory=list)  # `--tmpfs PATH[:OPTIONS]`
+    read_only: bool = False  # `--read-only`
 
 
 @dataclass
@@ -295,6 +297,20 @@ def check_name(name: str) -> str:
             hint="libvirt names the VM's files after the container; pick a shorter --name",
         )
     return name
+
+
+def check_tmpfs(spec: str) -> str:
+    """`--tmpfs PATH[:OPTIONS]` as Docker checks it: an absolute path, not `/`."""
+    path, _, options = spec.partition(":")
+    if not path.startswith("/"):
+        raise UsageError(f"invalid mount path: '{path}' mount path must be absolute",
+                         hint="e.g. --tmpfs /run:size=64m")
+    if path.rstrip("/") == "":
+        raise UsageError("invalid mount path: '/' cannot be a tmpfs",
+                         hint="give a directory below / (use --read-only for the root)")
+    if any(ch in spec for ch in "\n\0") or " " in options:
+        raise UsageError(f"invalid --tmpfs value: {spec!r}", hint="PATH[:OPT,OPT=VALUE]")
+    return f"{path.rstrip('/') or '/'}:{options}" if options else path.rstrip("/")
 
 
 def check_hostname(hostname: str) -> str:

@@ -65,6 +65,9 @@ class Creating:
         published = [ports.parse(p) for p in opts.publish]
         networks, add_hosts = self._plan_networks(opts)
         dns, dns_search, dns_options = self._plan_dns(opts)
+        from hv.spec import check_tmpfs
+
+        tmpfs = [check_tmpfs(t) for t in opts.tmpfs]
         stop_signal = ""
         if opts.stop_signal:
             from hv.guestops import parse_signal
@@ -120,6 +123,7 @@ class Creating:
             stdin_open=opts.interactive, restart=policy.to_text(), networks=networks,
             add_hosts=add_hosts, dns=dns, dns_search=dns_search, dns_options=dns_options,
             domain=domain, stop_signal=stop_signal, stop_timeout=opts.stop_timeout,
+            tmpfs=tmpfs, read_only=opts.read_only,
         )
         cdir = self.paths.container_dir(cid)
         held = _new_container_dir(self.paths, cid, self.libvirt.embedded)
@@ -279,8 +283,9 @@ class Creating:
             stdin_open=record.stdin_open, wait_attach=wait_attach, maintenance=maintenance,
             authorized_keys=self.paths.container_client_public(cid).read_text(),
             ssh_host_key=self.paths.container_host_private(cid).read_text(),
-            mounts=_guest_mounts(record, first_boot and not maintenance),
+            mounts=_guest_mounts(record, first_boot and not maintenance, maintenance),
             nics=nics, hosts=hosts, resolv=_resolv_conf(record),
+            read_only=record.read_only and not maintenance,
         ))
 
     def _notice_once(self, key: str, text: str, warnings: list[str]) -> None:
@@ -456,12 +461,19 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
     ).to_xml()
 
 
-def _guest_mounts(record: Record, first_boot: bool):
+def _guest_mounts(record: Record, first_boot: bool, maintenance: bool = False):
     """The seed's mounts; image content is copied into empty volumes at the first boot only
-    (Docker copies when the container is created)."""
+    (Docker copies when the container is created). `--tmpfs` ones come last (a tmpfs
+    inside a volume is Docker's order too); a maintenance boot (cp) has none: Docker copies
+    into the container's own filesystem."""
+    from hv.guest.seed import GuestMount
     from hv.volumes import guest_mounts
 
-    return guest_mounts(record.volumes, first_boot) if record.volumes else None
+    mounts = guest_mounts(record.volumes, first_boot) if record.volumes else []
+    if not maintenance:
+        mounts += [GuestMount(t.partition(":")[2], "tmpfs", "", t.partition(":")[0])
+                   for t in record.tmpfs]
+    return mounts or None
 
 
 def _undo_start(lv, record: Record) -> None:

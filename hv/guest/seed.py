@@ -32,7 +32,7 @@ class GuestMount:
     """A share the agent mounts before the main process starts (seed file `mounts`)."""
 
     tag: str  # the virtiofs/9p tag of the domain's <filesystem>
-    fstype: str  # "virtiofs" | "9p"
+    fstype: str  # "virtiofs" | "9p" | "tmpfs" (`--tmpfs`: then `tag` holds its options)
     sub: str  # "" = the whole share at target; else a file name in it (a file bind mount)
     target: str  # absolute path in the container
     readonly: bool = False
@@ -67,6 +67,7 @@ class GuestSpec:
     nics: list[GuestNic] | None = None  # NICs on hv networks (besides the user-mode one)
     hosts: str | None = None  # the whole /etc/hosts; None: the agent writes its default
     resolv: str | None = None  # the whole /etc/resolv.conf; None: the user-mode resolver
+    read_only: bool = False  # `--read-only`: the container's root mounted read-only
 
 
 def _mounts(mounts: list[GuestMount]) -> bytes:
@@ -144,6 +145,8 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
         "wait_attach": b"1" if spec.wait_attach else b"0",
         "maintenance": b"1" if spec.maintenance else b"0",
     }
+    if spec.read_only:
+        files["read_only"] = b"1"
     if spec.mounts:
         files["mounts"] = _mounts(spec.mounts)
     if spec.nics:

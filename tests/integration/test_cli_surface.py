@@ -168,3 +168,27 @@ def test_stop_signal_and_stop_timeout(hv, busybox):
         assert p.returncode == 125 and "invalid signal: NOPE" in one_error(p)
     finally:
         hv("rm", "-f", "sf-sig", "sf-grace")
+
+
+def test_tmpfs_and_read_only(hv, busybox):
+    p = hv("run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m,mode=1777", "-v",
+           "/data", busybox, "sh", "-c",
+           "touch /x 2>&1 | grep -c 'Read-only file system'; "
+           "echo t > /scratch/f && grep -w /scratch /proc/mounts | cut -d' ' -f3,4; "
+           "echo d > /data/f && echo volume-writable; "
+           "echo h >> /etc/hosts && echo hosts-writable; "
+           "head -c 2000000 /dev/zero > /scratch/big 2>/dev/null || echo tmpfs-full")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "1"
+    assert lines[1].startswith("tmpfs rw,nosuid,nodev,noexec") and "size=1024k" in lines[1]
+    assert lines[2:] == ["volume-writable", "hosts-writable", "tmpfs-full"], p.stdout
+    try:
+        hv("create", "--name", "sf-ro", "--read-only", "--tmpfs", "/run", busybox, "true",
+           check=True)
+        host = json.loads(hv("inspect", "sf-ro", check=True).stdout)[0]["HostConfig"]
+        assert host["ReadonlyRootfs"] is True and host["Tmpfs"] == {"/run": ""}
+    finally:
+        hv("rm", "-f", "sf-ro")
+    p = hv("run", "--rm", "--tmpfs", "relative", busybox, "true")
+    assert p.returncode == 125 and "mount path must be absolute" in one_error(p)
