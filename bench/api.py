@@ -28,13 +28,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import PrivateRoot, qemu_pids  # noqa: E402
 from bench.run import machine, rss_mb, timed  # noqa: E402
 
 QUICK = os.environ.get("HV_BENCH_QUICK", "") not in ("", "0")
@@ -43,32 +43,11 @@ CLIENTS = int(os.environ.get("HV_BENCH_CLIENTS", "3" if QUICK else "10"))
 DOCKER = shutil.which("docker")
 
 
-def qemu_pids(root: Path) -> list[int]:
-    """QEMU processes whose command line names a path under `root` (only this root's)."""
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmd and str(root).encode() in cmd:
-            pids.append(int(p.name))
-    return pids
-
-
 class ApiBench:
     def __init__(self) -> None:
-        from hv.config import Config
-
-        self.images = Path(os.environ.get("HV_TEST_IMAGES",
-                                          Config.from_environ().cache / "images" / "out"))
-        self.work = Path(tempfile.mkdtemp(prefix="hvba-", dir="/tmp"))
-        self.root = self.work / "root"
-        self.env = dict(os.environ, HV_ROOT=str(self.root), PYTHONPATH=str(REPO))
-        os.environ["HV_ROOT"] = str(self.root)
-        self.hv = [sys.executable, "-m", "cli"]
+        r = PrivateRoot("hvba-")
+        self.images, self.work, self.root, self.env, self.hv = r.images, r.work, r.root, \
+            r.env, r.hv
         self.sock = self.work / "api.sock"
         self.docker_env = dict(os.environ, DOCKER_CONFIG=str(self.work / "docker-config"))
         self.docker_env.pop("DOCKER_HOST", None)

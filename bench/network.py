@@ -29,13 +29,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import PrivateRoot, qemu_pids  # noqa: E402
 from bench.run import machine, timed  # noqa: E402
 
 QUICK = os.environ.get("HV_BENCH_QUICK", "") not in ("", "0")
@@ -130,15 +130,9 @@ class Veth:
 
 class NetBench:
     def __init__(self) -> None:
-        from hv.config import Config
-
-        self.images = Path(os.environ.get("HV_TEST_IMAGES",
-                                          Config.from_environ().cache / "images" / "out"))
-        self.work = Path(tempfile.mkdtemp(prefix="hvbn-", dir="/tmp"))
-        self.root = self.work / "root"
-        self.env = dict(os.environ, HV_ROOT=str(self.root), PYTHONPATH=str(REPO))
-        os.environ["HV_ROOT"] = str(self.root)
-        self.hv = [sys.executable, "-m", "cli"]
+        r = PrivateRoot("hvbn-")
+        self.images, self.work, self.root, self.env, self.hv = r.images, r.work, r.root, \
+            r.env, r.hv
         self.tag = secrets.token_hex(2)
         self.net = f"hvbn-{self.tag}"
         self.ctrs = [f"hvbn-{self.tag}-a", f"hvbn-{self.tag}-b"]
@@ -216,7 +210,6 @@ class NetBench:
             self.results[f"{k} (s)"] = v
 
     def close(self) -> None:
-        from bench.api import qemu_pids
 
         self.veth.down()
         self.run_hv("rm", "-f", *self.ctrs, check=False)

@@ -14,11 +14,21 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from hv import paths
 from hv.errors import DigestMismatch, RegistryError, from_os_error
+
+if TYPE_CHECKING:
+    import requests
+
+
+def _requests():
+    """requests (and urllib3) cost ~60-150 ms to import: only a pull needs them, not every
+    `hv run` that looks an image up through the store."""
+    import requests
+
+    return requests
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_LIST_V2 = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -97,7 +107,7 @@ class RegistryClient:
         self.host = registry_host(registry)
         scheme = "http" if is_insecure(registry, insecure) else "https"
         self.base = f"{scheme}://{self.host}/v2/{repository}"
-        self.session = requests.Session()
+        self.session = _requests().Session()
         self.session.headers["User-Agent"] = "hv/0.1"
         self._auth_header: str | None = None
         self._creds = _credentials(registry, docker_config.expanduser())
@@ -110,22 +120,22 @@ class RegistryClient:
             headers["Authorization"] = self._auth_header
         try:
             return self.session.get(url, headers=headers, timeout=_TIMEOUT, **kwargs)
-        except requests.exceptions.SSLError as e:
+        except _requests().exceptions.SSLError as e:
             raise RegistryError(
                 f"TLS handshake with registry {self.host} failed: {_short(e)}",
                 hint="if this registry speaks plain HTTP, add it to HV_INSECURE_REGISTRIES",
             ) from e
-        except requests.exceptions.ConnectionError as e:
+        except _requests().exceptions.ConnectionError as e:
             raise RegistryError(
                 f"cannot reach registry {self.host}: {_short(e)}",
                 hint=f"check the network and that {self.host} is the right registry",
             ) from e
-        except requests.exceptions.Timeout as e:
+        except _requests().exceptions.Timeout as e:
             raise RegistryError(
                 f"registry {self.host} did not answer in time",
                 hint="check the network and try again",
             ) from e
-        except requests.exceptions.RequestException as e:
+        except _requests().exceptions.RequestException as e:
             raise RegistryError(f"request to registry {self.host} failed: {_short(e)}") from e
 
     def _get(self, url: str, what: str, **kwargs) -> requests.Response:
@@ -159,7 +169,7 @@ class RegistryClient:
             resp = self.session.get(
                 params["realm"], params=query, auth=self._creds, timeout=_TIMEOUT
             )
-        except requests.exceptions.RequestException as e:
+        except _requests().exceptions.RequestException as e:
             raise RegistryError(
                 f"cannot get a token for {self.registry} from {params['realm']}: {_short(e)}"
             ) from e
@@ -259,7 +269,7 @@ class RegistryClient:
                     done += len(chunk)
                     if progress:
                         progress(done)
-        except requests.exceptions.RequestException as e:
+        except _requests().exceptions.RequestException as e:
             dest.unlink(missing_ok=True)
             raise RegistryError(
                 f"blob {digest} from {self.host} is truncated: the download stopped after "
@@ -296,7 +306,7 @@ def _read_limited(resp: requests.Response, limit: int, host: str) -> bytes:
             body += chunk
             if len(body) > limit:
                 break
-    except (requests.exceptions.RequestException, OSError) as e:
+    except (_requests().exceptions.RequestException, OSError) as e:
         raise RegistryError(f"reading from registry {host} failed: {_short(e)}") from e
     if len(body) > limit:
         raise RegistryError(f"registry {host} sent a document larger than {limit} bytes")
