@@ -23,6 +23,7 @@ declares a 10 GB file, sparse or compressed, is refused at its header, with noth
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -365,6 +366,17 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _close_all_but(keep: set[int]) -> None:
+    """The untrusted-layer child holds nothing of its parent's but its layers and report
+    pipe: not the store's locks (a dying child kept the image writers' lock, so the next
+    load skipped collecting a killed load's blobs), no other open file."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def extract(
     layers: list[Path], rootfs: Path, on_layer: Callable[[int], None] | None = None,
     limit: int | None = -1, max_image_size: str = "",
@@ -393,6 +405,7 @@ def extract(
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
         _die_with(parent)
+        _close_all_but({*fds, write_end})
         _child(str(rootfs), fds, write_end, limit, compressed, max_image_size)
     os.close(write_end)
     for fd in fds:

@@ -224,3 +224,48 @@ def test_disk_size_from_env(tmp_path, monkeypatch):
     disk.build(root, image, 1, "sha256:" + "1" * 64, disk_size=size)
     assert image.stat().st_size == 512 << 20
     assert tarfile  # keep the import used for readers grepping how layers are made
+
+
+def test_the_extraction_child_holds_none_of_the_parents_locks(tmp_path):
+    """A load killed mid-unpack must not leave its child holding the image writers' lock
+    (the next load then skipped collecting the killed one's blobs: a CI flake). The child
+    closes every descriptor but its layers and report pipe."""
+    import fcntl
+    import gzip
+    import io
+    import threading
+    import time
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for i in range(3):
+            info = tarfile.TarInfo(f"zeros{i}")
+            info.size = 100 * 1024 * 1024
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes(gzip.compress(raw.getvalue(), compresslevel=1))
+    lockfile = tmp_path / "writers.lock"
+    held = open(lockfile, "a")  # noqa: SIM115 - closed below, while the child runs
+    fcntl.flock(held, fcntl.LOCK_SH)
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    worker = threading.Thread(target=layers.extract, args=([layer], rootfs))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(open(f"/proc/self/task/{t}/children").read().split()
+                      for t in os.listdir("/proc/self/task")):
+            assert time.monotonic() < deadline, "the extraction child never started"
+            time.sleep(0.001)
+        held.close()  # our hold goes; only an inherited copy could keep the lock now
+        with open(lockfile, "a") as probe:
+            while True:  # the child closes what it inherited first thing after the fork
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.001)
+            # got it while the child still unpacks: it held no copy of the lock
+            assert worker.is_alive(), "the child finished first: make the layer bigger"
+    finally:
+        worker.join()
