@@ -125,10 +125,20 @@ class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events
     def adopt_vms(self) -> None:
         """For a long-lived front end (the API service): become the subreaper of the QEMUs
         it starts, so an exited one is reaped at once (where init reaps orphans lazily,
-        libvirt's next call on its domain waited ~1 s for the zombie)."""
+        libvirt's next call on its domain waited ~1 s for the zombie). The caller must
+        then call `reap_vms()` often: a libvirt child of ours that waits for a zombie only
+        we can reap (its start-up reconnects to every domain and kills a dead one's QEMU,
+        40 s per zombie) would otherwise hold the root's lock for minutes (seen with ten
+        clients at once)."""
         from hv.engine.lifecycle import _become_subreaper
 
         _become_subreaper()
+
+    def reap_vms(self) -> list[int]:
+        """Reap exited QEMUs (and other-session helpers) this process adopted."""
+        from hv.runtime.connection import reap_children
+
+        return reap_children()
 
     def container_size(self, cid: str) -> int:
         """The container's own disk (its overlay) as allocated on the host."""
