@@ -187,10 +187,17 @@ class ImageRecords:
         if not self.paths.images_root().is_dir():
             return []
         with open(self.paths.image_writers_lock(), "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return []
+            # a killed writer's last process may take a moment to go (a dying child under
+            # load): wait a little before taking the lock for a writer still at work
+            deadline = time.monotonic() + 1.0
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        return []
+                    time.sleep(0.02)
             with self.index.locked():
                 data = self.index.load()
                 used = set()
