@@ -157,7 +157,7 @@ class Creating:
                 restrict = self._restricted(record)
                 if record.networks:  # what the domain has, for `start` after a connect
                     (cdir / "nics.defined").write_text(
-                        json.dumps(self._nics_mark(record, interfaces)))
+                        json.dumps(self._nics_mark(interfaces, restrict)))
                 xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
                                   restrict=restrict)
                 if start:

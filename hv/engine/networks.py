@@ -187,11 +187,11 @@ class Networks:
         return bool(record.networks) and not ops.outbound_allowed(self.paths.state_root(),
                                                                    record.id)
 
-    def _nics_mark(self, record: Record, interfaces: list) -> dict:
+    @staticmethod
+    def _nics_mark(interfaces: list, restrict: bool) -> dict:
         """What the domain was defined with (`nics.defined`), to tell at a start whether a
         connect/disconnect since then needs the domain defined again."""
-        return {"nics": [[i.tap, i.mac] for i in interfaces],
-                "restrict": self._restricted(record)}
+        return {"nics": [[i.tap, i.mac] for i in interfaces], "restrict": restrict}
 
     def _guest_network(self, record: Record) -> tuple[list | None, str | None]:
         """The seed's `nics` and `hosts` (None, None: the agent's defaults)."""
@@ -246,7 +246,7 @@ class Networks:
         from hv.runtime.accel import detect
 
         interfaces = self._interfaces(c.id)
-        wanted = self._nics_mark(c.record, interfaces)
+        wanted = self._nics_mark(interfaces, self._restricted(c.record))
         mark = self.paths.container_dir(c.id) / "nics.defined"
         try:
             defined = json.loads(mark.read_text())

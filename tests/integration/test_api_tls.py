@@ -10,7 +10,6 @@ before anything listens. Every service started here is stopped by PID.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pki import Pki
+from tests.fixtures.pki import Pki, https_get
 
 pytestmark = pytest.mark.vm
 
@@ -42,13 +41,7 @@ def _free_port() -> int:
 
 
 def _get(port: int, ctx: ssl.SSLContext, path: str = "/_ping") -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return https_get(port, ctx, path, timeout=30)
 
 
 class TlsService:

@@ -26,7 +26,7 @@ from cli.image_cmds import _human_flag, history_rows
 from hv.errors import HvError, UsageError
 from hv.images.history import MISSING, HistoryRow, history
 from hv.images.model import Image
-from tests.fixtures.pki import Pki
+from tests.fixtures.pki import Pki, https_get
 
 # --- history ------------------------------------------------------------------------------------
 
@@ -182,13 +182,7 @@ def tls_server(pki):
 
 
 def _ping(port: int, ctx: ssl.SSLContext, path: str = "/_ping") -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return https_get(port, ctx, path, timeout=10)
 
 
 def test_mutual_tls_server(tls_server, pki):
