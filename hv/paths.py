@@ -124,11 +124,9 @@ class Paths:
         return self.images_root() / "index.lock"
 
 
-    def image_writers_lock(self) -> Path:
-        """Held shared by every pull and load from its first blob to its record; orphan blobs
-        are only collected by whoever gets it exclusively."""
-        return self.images_root() / "writers.lock"
-
+    def image_writers_dir(self) -> Path:
+        """One journal per pull or load at work (hv.images.records.writing)."""
+        return self.images_root() / "writers"
 
     def base_disks_dir(self) -> Path:
         return self.images_root() / "disks"

@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from hv import paths
 from hv.errors import DigestMismatch, HvError, InvalidDigest
@@ -39,11 +39,21 @@ class Blobs:
     def __init__(self, paths: Paths, scratch: Scratch) -> None:
         self.paths = paths
         self.scratch = scratch
+        # while this process pulls or loads: its writer's journal (ImageRecords.writing),
+        # naming each blob it stores or counts on, so no prune takes them meanwhile
+        self.journal: TextIO | None = None
+
+    def _note(self, digest: str) -> None:
+        if self.journal is not None:
+            self.journal.write(digest + "\n")
+            self.journal.flush()
 
     def path(self, digest: str) -> Path:
         return self.paths.blob(digest)
 
     def exists(self, digest: str) -> bool:
+        """(A writer asking counts on the blob: it is journaled first.)"""
+        self._note(digest)
         return self.paths.blob(digest).is_file()
 
     def read(self, digest: str) -> bytes:
@@ -66,6 +76,7 @@ class Blobs:
         dest = self.paths.blob(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o600)
+        self._note(digest)  # journaled before it is visible
         os.replace(tmp, dest)
         return dest
 

@@ -173,42 +173,72 @@ class ImageRecords:
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Around a pull or load: first the leftovers of killed ones go (scratch files whose
-        owner is gone, blobs no record names), then this one is marked in progress."""
+        owner is gone, blobs no record or live writer names), then this one keeps a
+        journal of the blobs it stores or counts on, locked while it runs."""
+        if self.blobs.journal is not None:  # nested (a run's pull): the outer one journals
+            yield
+            return
         self._prepare()
         self.scratch.sweep()
         self.prune_orphans()
-        with open(self.paths.image_writers_lock(), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            yield
+        folder = self.paths.image_writers_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        tmp = folder / ("." + name)
+        with open(tmp, "w") as journal:
+            # locked before it has its name: a pruner never sees it unlocked while it lives
+            fcntl.flock(journal, fcntl.LOCK_EX)
+            os.rename(tmp, folder / name)
+            self.blobs.journal = journal
+            try:
+                yield
+            finally:
+                self.blobs.journal = None
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
+
+    def _in_flight(self) -> set[str]:
+        """Blobs live writers journaled; the journals of dead writers (unlocked) go.
+
+        Each writer has its own journal and lock, so a process that inherited some other
+        lock (a forked child outliving a killed load) never stops a prune; only the blobs a
+        live writer named are spared."""
+        spared: set[str] = set()
+        try:
+            names = [n for n in os.listdir(self.paths.image_writers_dir())
+                     if not n.startswith(".")]
+        except OSError:
+            return spared
+        for n in names:
+            path = self.paths.image_writers_dir() / n
+            try:
+                with open(path) as j:
+                    try:
+                        fcntl.flock(j, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        spared |= {line.strip() for line in j if line.strip()}
+                        continue
+                    os.unlink(path)  # its writer is gone (we hold its lock now)
+            except OSError:
+                continue
+        return spared
 
     def prune_orphans(self) -> list[str]:
-        """Delete blobs no image record names (left by a pull or load that was killed);
-        skipped while another pull or load is in progress. Returns the digests removed."""
+        """Delete blobs no image record names and no live pull or load counts on (left by
+        one that was killed). Returns the digests removed."""
         if not self.paths.images_root().is_dir():
             return []
-        with open(self.paths.image_writers_lock(), "a") as lock:
-            # a killed writer's last process may take a moment to go (a dying child under
-            # load): wait a little before taking the lock for a writer still at work
-            deadline = time.monotonic() + 1.0
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        return []
-                    time.sleep(0.02)
-            with self.index.locked():
-                data = self.index.load()
-                used = set()
-                for image_id, rec in data["images"].items():
-                    used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
-                try:
-                    names = os.listdir(self.paths.blobs_dir())
-                except OSError:
-                    names = []
-                orphans = {"sha256:" + n for n in names} - used
-                self.blobs.delete(orphans)
+        with self.index.locked():
+            try:  # listed before the journals are read: a writer notes a blob first
+                names = os.listdir(self.paths.blobs_dir())
+            except OSError:
+                names = []
+            used = self._in_flight()
+            data = self.index.load()
+            for image_id, rec in data["images"].items():
+                used |= {image_id, rec.get("manifest", ""), *rec.get("layers", [])}
+            orphans = {"sha256:" + n for n in names} - used
+            self.blobs.delete(orphans)
         return sorted(o for o in orphans if is_digest(o))
 
     # --- pull ---------------------------------------------------------------------------

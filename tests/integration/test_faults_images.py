@@ -7,6 +7,7 @@ that nothing owns). None of these boots a guest: load and pull build base disks 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import http.server
@@ -106,7 +107,22 @@ def _blob_names(root: Path) -> set[str]:
     return set(os.listdir(d)) if d.is_dir() else set()
 
 
-def _store_consistent(root: Path) -> None:
+def _journals(root: Path) -> dict[str, list[str]]:
+    """The image writers' journals (hv.images.records.writing) and who has each open."""
+    d = root / "images" / "writers"
+    found: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir(d):
+            found[name] = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                with contextlib.suppress(OSError):
+                    if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(d / name)
+                           for fd in os.listdir(f"/proc/{pid}/fd")):
+                        found[name].append(pid)
+    return found
+
+
+def _store_consistent(root: Path, held: list[str] | None = None) -> None:
     """Every blob is named by a record, every record's blobs exist, no scratch is left."""
     path = root / "images" / "index.json"
     index = json.loads(path.read_text())["images"] if path.exists() else {}
@@ -114,7 +130,9 @@ def _store_consistent(root: Path) -> None:
     for image_id, rec in index.items():
         named |= {image_id, rec["manifest"], *rec["layers"]}
     names = {n.removeprefix("sha256:") for n in named}
-    assert _blob_names(root) == names, "blobs and records disagree"
+    assert _blob_names(root) == names, (
+        "blobs and records disagree; writers' journals before the last load: "
+        f"{held}, now: {_journals(root)}")
     scratch = root / "tmp"
     assert not (scratch.is_dir() and os.listdir(scratch)), os.listdir(scratch)
 
@@ -392,6 +410,7 @@ def test_killed_loads_leave_nothing_the_next_command_keeps(hv, busybox, test_ima
         time.sleep(0.2)
         for p in scratch.iterdir():  # age what the killed loads left past the grace time
             os.utime(p, (old, old))
+        held = _journals(hv.root)
         hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
         assert live.exists() and not dead.exists()
         assert _sha(orphan)[7:] not in _blob_names(hv.root)
@@ -401,7 +420,7 @@ def test_killed_loads_leave_nothing_the_next_command_keeps(hv, busybox, test_ima
         holder.wait()
         live.unlink(missing_ok=True)
     assert "debian" not in hv("images", check=True).stdout or _debian_whole(hv)
-    _store_consistent(hv.root)
+    _store_consistent(hv.root, held)
 
 
 def _debian_whole(hv: Hv) -> bool:
