@@ -175,6 +175,56 @@ class Bench:
                     lambda rt=rt, b=bundle: timed(runtime_cmd(rt, "run", "-b", str(b),
                                                               f"hvb-{rt}")))
 
+    def warm(self) -> None:
+        """`hv run --rm busybox true` claiming a ready pooled VM (HV_POOL=1), alternating
+        with raw cold boots of the same guest; and an idle pooled VM's RSS."""
+        from bench.rawboot import guest_boot, raw_boot_times
+        from hv.config import Config
+        from hv.engine import Engine
+        from hv.runtime.domains import qemu_pid
+
+        env = dict(self.env, HV_POOL="1")
+        config = Config.from_environ(env)
+        engine = Engine(config)
+        paths = config.paths
+        disk = paths.base_disk(engine.images.get("busybox").id)
+        g = paths.guest_dir()
+        info = guest_boot(g)
+        cmdline = paths.guest_cmdline().read_text().strip()
+
+        def ready() -> dict:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for e in engine.pool_entries():
+                    if e["ready"] and e["alive"]:
+                        return e
+                time.sleep(0.05)
+            raise RuntimeError("the pool never filled")
+
+        subprocess.run([*self.hv, "run", "--rm", "busybox", "true"], env=env, cwd=REPO,
+                       check=True, capture_output=True)  # cold: starts the refill
+        warm_t, raw_t, rss = [], [], []
+        try:
+            for _ in range(REPEATS):
+                e = ready()
+                time.sleep(1.0)  # the refiller's own boot done: measure a quiet machine
+                pid = qemu_pid(engine.libvirt, f"hv-{e['id'][:12]}")
+                if pid:
+                    rss.append(rss_mb(pid))
+                warm_t.append(timed([*self.hv, "run", "--rm", "busybox", "true"], env=env,
+                                    cwd=REPO))
+                ready()
+                time.sleep(1.0)
+                raw_t.append(raw_boot_times(g / "vmlinuz", g / "initrd.img", cmdline, disk, 1,
+                                            bios=info["firmware"] or None,
+                                            machine=info["machine"])[0][1])
+        finally:
+            engine.drain_pool()
+        self.results["hv run --rm, warm (HV_POOL=1)"] = warm_t
+        self.results["raw qemu, warm loop"] = raw_t
+        if rss:
+            self.results["pooled idle VM RSS (MB)"] = rss
+
     def seam(self) -> None:
         """exec latency and cp throughput, each against its baseline."""
         from hv.config import Config
@@ -277,6 +327,8 @@ def report(b: Bench, accel) -> None:
     ratio(hv_run, "runc run (namespaces)", "hv run / runc run")
     ratio("hv exec c true", "crun exec c true", "hv exec / crun exec")
     ratio("hv exec c true", "runc exec c true", "hv exec / runc exec")
+    ratio("hv run --rm, warm (HV_POOL=1)", "raw qemu, warm loop",
+          "warm hv run / raw qemu cold boot", "(target <= 0.35)")
     cp, ssh = f"hv cp {CP_MB} MB into c", f"OpenSSH cat > f, {CP_MB} MB"
     if cp in med and ssh in med:
         print(f"  {'hv cp throughput / OpenSSH':34s} {med[ssh] / med[cp]:9.2f}  (target >= 0.8)")
@@ -287,7 +339,7 @@ def report(b: Bench, accel) -> None:
 def main() -> int:
     from hv.runtime.accel import detect
 
-    sections = (os.environ.get("HV_BENCH_ONLY") or "boot,seam,memory").split(",")
+    sections = (os.environ.get("HV_BENCH_ONLY") or "boot,warm,seam,memory").split(",")
     b = Bench()
     try:
         from hv.config import Config
@@ -295,9 +347,11 @@ def main() -> int:
         accel = detect(Config.from_environ().paths)
         if "boot" in sections:
             b.boot()
-        elif "seam" in sections or "memory" in sections:
+        elif {"seam", "memory", "warm"} & set(sections):
             b.run_hv("load", "-i", str(b.images / "busybox.oci.tar"))
             b.raw_key = ""
+        if "warm" in sections:
+            b.warm()
         if "seam" in sections:
             b.seam()
         if "memory" in sections:

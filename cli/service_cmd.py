@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,10 @@ def service(
     tls_ca: Annotated[Path | None, typer.Option(
         "--tls-ca", help="accept only clients with a certificate signed by this CA (PEM): "
                          "mutual TLS, as dockerd's --tlsverify --tlscacert")] = None,
+    pool: Annotated[int | None, typer.Option(
+        "--pool", help="pooled VMs kept booted per image for warm starts (default $HV_POOL, "
+                       "else 0; each idle one costs about 60 MiB of host memory); the "
+                       "service empties its pool when it stops")] = None,
 ) -> None:
     """Serve Docker's Engine API (docker, docker-py, docker-compose) until SIGTERM/^C.
 
@@ -57,6 +62,10 @@ def service(
     from cli.session import current
 
     config = current().config
+    if pool is not None:
+        if pool < 0:
+            raise UsageError(f"invalid --pool {pool}", hint="give 0 or more VMs")
+        config = replace(config, pool=pool)
     tls = TlsFiles(tls_cert, tls_key, tls_ca)
     try:
         addr = parse_address(address or _default_address(config), tls)
@@ -79,6 +88,8 @@ def service(
     else:
         logging.getLogger("hv.api").info("listening on %s (export DOCKER_HOST=%s)", addr, addr)
     server.serve_forever()
+    if config.pool:
+        svc.engine.drain_pool()  # the pool it made goes with it
     logging.getLogger("hv.api").info("stopped; containers keep running")
 
 

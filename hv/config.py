@@ -37,6 +37,7 @@ class Config:
     disk_size: str = ""  # base disk size instead of the image's [HV_DISK_SIZE]
     max_image_size: str = ""  # largest unpacked image [HV_MAX_IMAGE_SIZE]
     start_timeout: float = 180.0  # seconds for a main process to start [HV_START_TIMEOUT]
+    pool: int = 0  # pooled VMs kept per image for warm starts, 0: none [HV_POOL]
     mux: bool = True  # exec through the per-container multiplexer [HV_MUX]
     mux_idle: float | None = None  # multiplexer idle exit, seconds [HV_MUX_IDLE]
     volume_driver: str = ""  # virtiofs | 9p | "" to probe [HV_VOLUME_DRIVER]
@@ -87,6 +88,7 @@ class Config:
             disk_size=env.get("HV_DISK_SIZE", "").strip(),
             max_image_size=env.get("HV_MAX_IMAGE_SIZE", "").strip(),
             start_timeout=number("HV_START_TIMEOUT", 180.0),
+            pool=max(0, int(number("HV_POOL", 0))),
             mux=env.get("HV_MUX", "1") != "0",
             mux_idle=number("HV_MUX_IDLE", 0) if idle else None,
             volume_driver=env.get("HV_VOLUME_DRIVER", "").strip().lower(),

@@ -209,6 +209,8 @@ class Container:
                 "Disk": str(self.paths.container_disk(r.id)),
                 "Seed": str(self.paths.container_seed(r.id)),
                 "Console": str(self.paths.container_console(r.id)),
+                # this boot was a pooled VM's (hv.engine.pool); a restart boots cold
+                "Warm": self.paths.container_dir(r.id).joinpath("warm").exists(),
             },
         }
 

@@ -148,6 +148,14 @@ class Paths:
     def containers_dir(self) -> Path:
         return self.root / "containers"
 
+    def pool_dir(self) -> Path:
+        """Pooled VMs' folders (hv.engine.pool), each laid out as a container's."""
+        return self.root / "pool"
+
+    def pooled(self) -> Paths:
+        """These paths with pool/ for containers/: where a pooled VM's files are."""
+        return _PoolPaths(self.root, self.cache, self.guest)
+
 
     def container_dir(self, cid: str) -> Path:
         return self.containers_dir() / cid
@@ -320,3 +328,9 @@ class Paths:
     def container_labels(self, cid: str) -> Path:
         """Docker's Config.Labels of the container (JSON), written once at create."""
         return self.container_dir(cid) / "labels.json"
+
+
+@dataclass(frozen=True)
+class _PoolPaths(Paths):
+    def containers_dir(self) -> Path:
+        return self.pool_dir()

@@ -50,6 +50,7 @@ def prune(engine, all_images: bool = False, with_volumes: bool = False) -> Prune
         rep.reclaimed += container_size(engine.paths, c.id)
         engine.remove(c.id)
         rep.containers.append(c.id)
+    engine.drain_pool()  # no pooled VM outlives a prune (HV_POOL refills at the next run)
     rep.networks = engine.network_prune()
     if with_volumes:
         names, freed = engine.volumes.prune(all=False)

@@ -3,6 +3,8 @@
  *
  *   hv-init [SEED_DIR [ROOT]]     run the container's main process (default /seed /c)
  *   hv-init --fail CODE MESSAGE   report an early failure, then power off
+ *   hv-init --claim DIR           a pooled VM: say `pooled`, wait for the container's seed
+ *                                 on the port "hv.claim", write its files into DIR
  *   hv-init --session             the SSH ForceCommand (session.c); also as a login
  *   hv-init -c COMMAND            shell: sshd runs `SHELL -c COMMAND`
  *
@@ -51,7 +53,7 @@ static uint64_t mono_ms(void)
 
 /* Open the virtio-serial port called NAME (/sys/class/virtio-ports/vportXpY/name). The ports
  * are announced by the host asynchronously after the driver loads, so wait up to ~5 s. */
-static int open_port(const char *name)
+static int open_port_as(const char *name, int flags)
 {
 	for (int tries = 0; tries < 500; tries++) {
 		DIR *d = opendir("/sys/class/virtio-ports");
@@ -68,7 +70,7 @@ static int open_port(const char *name)
 				buf[n - 1] = 0;
 			if (strcmp(buf, name) == 0) {
 				snprintf(path, sizeof path, "/dev/%s", e->d_name);
-				fd = open(path, O_WRONLY | O_CLOEXEC);
+				fd = open(path, flags | O_CLOEXEC);
 				if (fd >= 0) {
 					closedir(d);
 					return fd;
@@ -81,6 +83,11 @@ static int open_port(const char *name)
 	}
 	say("virtio-serial port %s not found", name);
 	return -1;
+}
+
+static int open_port(const char *name)
+{
+	return open_port_as(name, O_WRONLY);
 }
 
 static void status_line(const char *fmt, ...)
@@ -435,6 +442,77 @@ static int seed_flag(const char *seed, const char *name)
 	return yes;
 }
 
+/* A pooled VM waits here, booted, until a `run` claims it (PROTOCOL.md, "The warm pool").
+ * The host sends "LEN\n" and LEN bytes: entries NAME\0 SIZE\0 DATA. A read while no host
+ * is connected returns 0 (virtio_console): poll every 5 ms until one is. */
+static int claim_main(const char *dir)
+{
+	int fd = open_port_as("hv.claim", O_RDONLY);
+	if (fd < 0)
+		return 1;
+	status_line("pooled %llu", (unsigned long long)now_ns());
+	char head[32];
+	size_t hn = 0, want = 0, got = 0;
+	char *buf = NULL;
+	for (;;) {
+		ssize_t n;
+		if (!buf) {
+			n = read(fd, head + hn, 1);
+			if (n == 1 && head[hn] == '\n') {
+				head[hn] = 0;
+				want = strtoul(head, NULL, 10);
+				if (want == 0 || want > (16u << 20) || !(buf = malloc(want)))
+					return 1;
+				continue;
+			}
+			if (n == 1 && hn < sizeof head - 2) {
+				hn++;
+				continue;
+			}
+		} else {
+			n = read(fd, buf + got, want - got);
+			if (n > 0 && (got += (size_t)n) == want)
+				break;
+			if (n > 0)
+				continue;
+		}
+		if (n < 0 && errno != EINTR && errno != EAGAIN)
+			return 1;
+		if (n == 0) { /* no host connected (any more): a torn message starts over */
+			free(buf);
+			buf = NULL;
+			hn = got = 0;
+		}
+		usleep(5000);
+	}
+	close(fd);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return 1;
+	for (size_t pos = 0; pos < want;) {
+		const char *name = buf + pos;
+		size_t nl = strnlen(name, want - pos);
+		if (pos + nl + 1 >= want || !nl || strchr(name, '/'))
+			return 1;
+		pos += nl + 1;
+		const char *sz = buf + pos;
+		size_t sl = strnlen(sz, want - pos);
+		if (pos + sl + 1 > want)
+			return 1;
+		size_t size = strtoul(sz, NULL, 10);
+		pos += sl + 1;
+		if (size > want - pos)
+			return 1;
+		char path[512];
+		snprintf(path, sizeof path, "%s/%s", dir, name);
+		int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (out < 0 || write_all(out, buf + pos, size) < 0)
+			return 1;
+		close(out);
+		pos += size;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if ((argc >= 2 && strcmp(argv[1], "--session") == 0) ||
@@ -446,6 +524,8 @@ int main(int argc, char **argv)
 	status_fd = open_port("hv.status");
 	if (argc == 4 && strcmp(argv[1], "--fail") == 0)
 		fail(atoi(argv[2]), argv[3]);
+	if (argc == 3 && strcmp(argv[1], "--claim") == 0)
+		return claim_main(argv[2]);
 	const char *seed = argc > 1 ? argv[1] : SEED_DIR;
 	root = argc > 2 ? argv[2] : ROOT_DIR;
 

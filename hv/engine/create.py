@@ -22,7 +22,7 @@ from hv.containers import Container, Record
 from hv.context import Context
 from hv.engine.lifecycle import _become_subreaper
 from hv.engine.results import Created
-from hv.engine.store import _container_lock, _new_container_dir
+from hv.engine.store import _adopt_container_dir, _container_lock, _new_container_dir
 from hv.errors import (
     Conflict,
     GuestAssetsMissing,
@@ -109,11 +109,18 @@ class Creating:
                               warnings)
         if opts.publish_all:
             published += ports.exposed(image.run_config)
-        cid = os.urandom(32).hex()
+        warm = None
+        if start and self._pool_serves(opts, mount_specs=mount_specs, published=published,
+                                       memory=memory, vcpus=vcpus, cpus=cpus,
+                                       networks=networks):
+            warm = self._claim_pooled(image.id)  # its folder is containers/.ID now
+        cid = warm or os.urandom(32).hex()
         hostname = hostname or cid[:12]
         # a renamed container's domain keeps its first name: a newcomer of that name gets
-        # another domain name
+        # another domain name; a pooled VM's domain was named when it booted
         domain = name if name not in {c.domain for c in existing} else f"hv-{cid[:12]}"
+        if warm:
+            domain = f"hv-{cid[:12]}"
         record = Record(
             id=cid, name=name, image=opts.image, image_id=image.id, created=time.time(),
             entrypoint=proc.entrypoint, cmd=proc.cmd, env=proc.env, workdir=proc.workdir,
@@ -126,7 +133,13 @@ class Creating:
             tmpfs=tmpfs, read_only=opts.read_only,
         )
         cdir = self.paths.container_dir(cid)
-        held = _new_container_dir(self.paths, cid, self.libvirt.embedded)
+        try:
+            held = (_adopt_container_dir(self.paths, cid) if warm
+                    else _new_container_dir(self.paths, cid, self.libvirt.embedded))
+        except BaseException:
+            if warm:
+                self._discard_claimed(cid)
+            raise
         attached = None
         from hv.runtime.connection import Opened
 
@@ -141,7 +154,10 @@ class Creating:
         xml = None
         try:
             with _container_lock(self.paths, cid, exclusive=False):
-                self._join_networks(record, opts)  # records first: addresses for the seed
+                if warm:  # joined when it was pooled: the endpoint gets the name
+                    self._name_endpoints(record)
+                else:
+                    self._join_networks(record, opts)  # records first: addresses for the seed
                 if opts.labels:  # beside the record, before anyone can list it
                     from hv.labels import set_labels
 
@@ -150,7 +166,8 @@ class Creating:
                     record.volumes, attached = self.volumes.attach(cid, mount_specs, transport)
                 base = self.images.base_disk(image)
                 record.base_disk = str(base)
-                _make_overlay(self.paths, base, self.paths.container_disk(cid))
+                if not warm:
+                    _make_overlay(self.paths, base, self.paths.container_disk(cid))
                 self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
                                  first_boot=True)
                 interfaces = self._interfaces(cid)
@@ -160,14 +177,22 @@ class Creating:
                         json.dumps(self._nics_mark(interfaces, restrict)))
                 xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
                                   restrict=restrict)
-                if start:
+                if warm:
+                    self._hand_over(record, xml, opts.interactive and not opts.detach,
+                                    via=opened)
+                elif start:
                     self._boot(record, xml=xml, via=opened)
                 else:
                     from hv.runtime import domains
 
                     domains.define(self.libvirt, xml, record.domain_name, via=opened)
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) and xml is not None:
+            if warm:  # a claimed VM is never handed to anyone else
+                from hv.runtime.domains import destroy
+
+                with contextlib.suppress(HvError):
+                    destroy(self.libvirt, record.domain_name, undefine=not record.auto_remove)
+            elif isinstance(e, KeyboardInterrupt) and xml is not None:
                 _undo_start(self.libvirt, record)  # the child may have started it all the same
             if record.networks:  # no endpoint, tap or bridge outlives a failed create
                 from hv.network import ops
@@ -186,6 +211,10 @@ class Creating:
             self._made[cid] = attached  # undone if the main process never starts
         if policy.name != "no" and start:
             restart.spawn_watcher(cid, self.config.child_environ())
+        if start and (warm or self._pool_serves(
+                opts, mount_specs=mount_specs, published=published, memory=memory,
+                vcpus=vcpus, cpus=cpus, networks=networks)):
+            self.refill_pool(image.id)  # detached: off this run's path
         if networks:  # the peers already running resolve the newcomer
             from hv.network import ops
 
@@ -205,7 +234,8 @@ class Creating:
         # room for the guest's last words should the state root fill up while it runs
         _reserve(self.paths.container_log(cid), LOG_RESERVE)
         _reserve(self.paths.container_console(cid), CONSOLE_RESERVE)
-        for f in (self.paths.container_ssh_port(cid), self.paths.container_ports(cid)):
+        for f in (self.paths.container_ssh_port(cid), self.paths.container_ports(cid),
+                  self.paths.container_dir(cid) / "warm"):
             f.unlink(missing_ok=True)
         self.paths.container_started(cid).write_text(f"{time.time():.9f}")
         wanted = [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
@@ -233,9 +263,9 @@ class Creating:
         if not datapath.can_admin():
             return
         listed = {c.id for c in existing}
-        running = {c.id for c in existing if c.active}
+        running = {c.id for c in existing if c.active} | self.pool_ids()
         with contextlib.suppress(OSError):
-            running |= {p.name for p in self.paths.containers_dir().iterdir()
+            running |= {p.name.lstrip(".") for p in self.paths.containers_dir().iterdir()
                         if p.name not in listed}
         with contextlib.suppress(HvError, OSError):
             ops.sweep(self.paths.state_root(), running)
@@ -259,34 +289,45 @@ class Creating:
 
     def _write_seed(self, record: Record, wait_attach: bool = False,
                     maintenance: bool = False, first_boot: bool = False) -> None:
-        from hv.guest import keys
-        from hv.guest.seed import GuestSpec, write_seed
+        from hv.guest.seed import write_seed
 
+        write_seed(self.paths.container_seed(record.id), self._guest_spec(
+            record, wait_attach=wait_attach, maintenance=maintenance, first_boot=first_boot))
+
+    def _guest_spec(self, record: Record, wait_attach: bool = False,
+                    maintenance: bool = False, first_boot: bool = False,
+                    paths: Paths | None = None):
+        """The seed's content (hv.guest.seed.GuestSpec), the container's keys made the
+        first time; `paths`: where its files are (a pooled VM's: Paths.pooled())."""
+        from hv.guest import keys
+        from hv.guest.seed import GuestSpec
+
+        paths = paths or self.paths
         cid = record.id
-        client_key = self.paths.container_client_key(cid)
+        client_key = paths.container_client_key(cid)
         if not client_key.exists():
             client, host = keys.generate(f"hv-{cid[:12]}"), keys.generate(f"hv-{cid[:12]}")
             keys.write_private(client_key, client.private_openssh)
-            self.paths.container_client_public(cid).write_text(client.public_line + "\n")
-            self.paths.container_host_private(cid).parent.mkdir(exist_ok=True)
-            keys.write_private(self.paths.container_host_private(cid), host.private_openssh)
-            self.paths.container_host_key(cid).write_text(host.public_line + "\n")
+            paths.container_client_public(cid).write_text(client.public_line + "\n")
+            paths.container_host_private(cid).parent.mkdir(exist_ok=True)
+            keys.write_private(paths.container_host_private(cid), host.private_openssh)
+            paths.container_host_key(cid).write_text(host.public_line + "\n")
 
         env = list(record.env)
         if not any(e.startswith("HOSTNAME=") for e in env):
             env.insert(1 if env and env[0].startswith("PATH=") else 0,
                        f"HOSTNAME={record.hostname}")
         nics, hosts = self._guest_network(record)
-        write_seed(self.paths.container_seed(cid), GuestSpec(
+        return GuestSpec(
             container_id=cid, argv=record.argv, env=env, workdir=record.workdir,
             user=record.user, hostname=record.hostname, tty=record.tty,
             stdin_open=record.stdin_open, wait_attach=wait_attach, maintenance=maintenance,
-            authorized_keys=self.paths.container_client_public(cid).read_text(),
-            ssh_host_key=self.paths.container_host_private(cid).read_text(),
+            authorized_keys=paths.container_client_public(cid).read_text(),
+            ssh_host_key=paths.container_host_private(cid).read_text(),
             mounts=_guest_mounts(record, first_boot and not maintenance, maintenance),
             nics=nics, hosts=hosts, resolv=_resolv_conf(record),
             read_only=record.read_only and not maintenance,
-        ))
+        )
 
     def _notice_once(self, key: str, text: str, warnings: list[str]) -> None:
         """A warning given once per state root (the TCG notice)."""
@@ -402,7 +443,10 @@ def _qemu_img_overlay(base: Path, disk: Path, root: Path) -> None:
 
 
 def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAssets,
-                interfaces: list | None = None, restrict: bool = False) -> str:
+                interfaces: list | None = None, restrict: bool = False,
+                metadata: bool = True, extra_channels: list | None = None) -> str:
+    """`metadata`: False for a pooled VM (no container until claimed); `extra_channels`:
+    its claim port."""
     paths = ctx.paths
     from hv.runtime.domain import (
         Balloon,
@@ -449,6 +493,7 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
         channels=[
             FileChannel("hv.log", paths.container_log(cid), append=True),
             FileChannel("hv.status", paths.container_status(cid)),
+            *(extra_channels or []),
         ],
         serial=FileSerial(paths.container_console(cid)),
         network=UserNetwork(restrict=restrict),  # --internal only, or none: no way out
@@ -457,7 +502,7 @@ def _domain_xml(ctx: Context, volumes, record: Record, accel, assets: GuestAsset
         balloon=Balloon(),  # free page reporting: what the guest frees goes back to the host
         filesystems=filesystems,
         memory_backing=memory_backing,
-        metadata=record.to_dict(),
+        metadata=record.to_dict() if metadata else None,
     ).to_xml()
 
 

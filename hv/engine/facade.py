@@ -21,10 +21,12 @@ from hv.engine.execs import Execs
 from hv.engine.inside import Inside
 from hv.engine.lifecycle import Lifecycle
 from hv.engine.networks import Networks
+from hv.engine.pool import Pooling
 from hv.engine.store import ContainerStore
 
 
-class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events, Networks):
+class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events, Networks,
+             Pooling):
     def __init__(self, config: Config, context: Context | None = None) -> None:
         """`context`: one made for this Config already (hv.engine.early)."""
         self.config = config

@@ -169,6 +169,15 @@ class Networks:
             e.exit_code = 125
             raise
 
+    def _name_endpoints(self, record: Record) -> None:
+        """A claimed pooled VM's endpoints (made nameless when it was pooled) get the
+        container's name."""
+        from hv.network import ops
+
+        if record.networks:
+            with contextlib.suppress(HvError, OSError):
+                ops.rename(self.paths.state_root(), record.id, record.name)
+
     def _interfaces(self, cid: str) -> list:
         """The container's NICs on hv networks, their bridges and taps made (idempotent)."""
         from hv.network import ops
@@ -270,7 +279,7 @@ class Networks:
         from hv.network import ops
 
         root = self.paths.state_root()
-        known = {c.id for c in existing}
+        known = {c.id for c in existing} | self.pool_ids()
         with contextlib.suppress(OSError):
             known |= {p.name.lstrip(".") for p in self.paths.containers_dir().iterdir()}
         stale = {cid for n in ops.list_networks(root) for cid in n.endpoints} - known

@@ -206,6 +206,18 @@ def _new_container_dir(paths: Paths, cid: str, embedded: bool) -> int:
     return fd
 
 
+def _adopt_container_dir(paths: Paths, cid: str) -> int:
+    """A claimed pooled VM's folder (containers/.ID, see hv.engine.pool) put in place as
+    `_new_container_dir` puts a new one: locked (shared) first, then renamed."""
+    cdir = paths.container_dir(cid)
+    staging = cdir.with_name("." + cid)
+    fd = os.open(staging / paths.container_lock(cid).name,
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    staging.rename(cdir)
+    return fd
+
+
 def _remove_container_dir(paths: Paths, volumes, cid: str, anonymous_volumes: bool) -> None:
     anonymous = volumes.anonymous_of(cid) if anonymous_volumes else []
     shutil.rmtree(paths.container_dir(cid), ignore_errors=True)

@@ -68,6 +68,7 @@ class GuestSpec:
     hosts: str | None = None  # the whole /etc/hosts; None: the agent writes its default
     resolv: str | None = None  # the whole /etc/resolv.conf; None: the user-mode resolver
     read_only: bool = False  # `--read-only`: the container's root mounted read-only
+    pool: bool = False  # a pooled VM: NICs and sshd up, then wait for a claim (hv.engine.pool)
 
 
 def _mounts(mounts: list[GuestMount]) -> bytes:
@@ -147,6 +148,8 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
     }
     if spec.read_only:
         files["read_only"] = b"1"
+    if spec.pool:
+        files["pool"] = b"1"
     if spec.mounts:
         files["mounts"] = _mounts(spec.mounts)
     if spec.nics:
@@ -162,6 +165,14 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
         files["authorized_keys"] = _text(_line_end(spec.authorized_keys), "authorized_keys")
         files["ssh_host_ed25519_key"] = _text(_line_end(spec.ssh_host_key), "ssh_host_key")
     return files
+
+
+def claim_message(spec: GuestSpec) -> bytes:
+    """The seed's files as a pooled VM's claim port takes them (PROTOCOL.md, "The warm
+    pool"): "LEN\n", then per file NAME NUL, SIZE (decimal) NUL and its bytes."""
+    body = b"".join(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data
+                    for name, data in seed_files(spec).items())
+    return str(len(body)).encode() + b"\n" + body
 
 
 def _line_end(text: str) -> str:

@@ -76,6 +76,20 @@ class FileChannel:
 
 
 @dataclass
+class SocketChannel:
+    """A virtio-serial port on a unix socket QEMU listens on: host to guest (a pooled VM's
+    claim, hv.engine.pool)."""
+
+    name: str
+    path: Path
+
+    def element(self, devices: ET.Element) -> None:
+        ch = _sub(devices, "channel", type="unix")
+        _sub(ch, "source", mode="bind", path=str(self.path))
+        _sub(ch, "target", type="virtio", name=self.name)
+
+
+@dataclass
 class FileSerial:
     """ttyS0 into a host file: kernel and agent messages for post-mortems."""
 
@@ -225,7 +239,7 @@ class DomainSpec:
     loader: Path | None = None  # firmware ROM (qboot) instead of SeaBIOS
     emulator: Path | None = None
     disks: list[Disk] = field(default_factory=list)
-    channels: list[FileChannel] = field(default_factory=list)
+    channels: list[FileChannel | SocketChannel] = field(default_factory=list)
     serial: FileSerial | None = None
     network: UserNetwork | None = None
     interfaces: list[EthernetInterface] = field(default_factory=list)  # after `network`
@@ -314,6 +328,14 @@ def report_io_errors(xml: str) -> str | None:
                 driver.set(attr, "report")
                 changed = True
     return ET.tostring(dom, encoding="unicode") if changed else None
+
+
+def metadata_element(record: dict) -> str:
+    """The hv record as libvirt's setMetadata takes it: the element to_xml writes, without
+    its namespace (libvirt puts it in HV_NS under the prefix it is given)."""
+    rec = ET.Element("container")
+    rec.text = json.dumps(record, sort_keys=True)
+    return ET.tostring(rec, encoding="unicode")
 
 
 def read_metadata(xml: str) -> dict | None:

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from hv.errors import Conflict, translate
+from hv.errors import Conflict, RuntimeFailure, translate
 from hv.runtime.connection import Libvirt, Opened, attempt, lookup, no_domain
 from hv.runtime.domain import read_metadata, record_of, report_io_errors
 
@@ -319,6 +319,30 @@ def _define(conn, xml: str, name: str) -> None:
 def define(lv: Libvirt, xml: str, name: str, via: Opened | None = None) -> None:
     """Define a domain without starting it (`create`: a container in the Created state)."""
     (via or Opened(lv)).call(_define, xml, name)
+
+
+def _adopt(conn, name: str, record: dict, xml: str | None) -> None:
+    import libvirt
+
+    from hv.runtime.domain import HV_NS, HV_PREFIX, metadata_element
+
+    dom = lookup(conn, name)
+    if dom is None:
+        raise RuntimeFailure("the pooled VM is gone", hint="run the command again")
+    try:
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_element(record),
+                        HV_PREFIX, HV_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if xml is not None:
+            conn.defineXML(xml)
+    except libvirt.libvirtError as e:
+        raise translate(e, "cannot hand the pooled VM its container") from None
+
+
+def adopt(lv: Libvirt, name: str, record: dict, xml: str | None, via: Opened | None = None
+          ) -> None:
+    """A running pooled VM becomes a container: its record set on the live domain, and with
+    `xml` (not `--rm`) that definition made its persistent one, for the next (cold) boot."""
+    (via or Opened(lv)).call(_adopt, name, record, xml)
 
 
 def _is_active(conn, name: str) -> bool | None:
