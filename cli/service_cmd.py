@@ -37,7 +37,7 @@ def service(
                          "mutual TLS, as dockerd's --tlsverify --tlscacert")] = None,
     pool: Annotated[int | None, typer.Option(
         "--pool", help="pooled VMs kept booted per image for warm starts (default $HV_POOL, "
-                       "else 0; each idle one costs about 60 MiB of host memory); the "
+                       "else 0; each idle one holds about 150 MB of host memory under TCG); the "
                        "service empties its pool when it stops")] = None,
 ) -> None:
     """Serve Docker's Engine API (docker, docker-py, docker-compose) until SIGTERM/^C.
