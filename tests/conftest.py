@@ -23,6 +23,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 HV = [sys.executable, "-m", "cli"]
 
+# The ^C tests send SIGINT as a terminal would. A suite started in the background of a
+# non-interactive shell (`make test &`, a CI runner's job) inherits SIGINT ignored, and an
+# ignored signal stays ignored across exec: every hv the tests start would then shrug ^C
+# off. The CLI rightly keeps an ignore it inherited; the suite stands for a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def _default_cache() -> Path:
     env = os.environ.get("HV_CACHE")
