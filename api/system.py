@@ -78,6 +78,7 @@ def routes(svc) -> list:
                                               "NodeAddr": "", "Error": "",
                                               "RemoteManagers": None},
             "LiveRestoreEnabled": True, "Isolation": "vm", "InitBinary": "hv-init",
+            "WarmPool": engine.pool_status(),  # hv's: HV_POOL / --pool (docs/warm-pool.md)
             "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""},
             "InitCommit": {"ID": ""}, "SecurityOptions": ["name=vm"],
             "Warnings": ([f"KVM is not usable here ({f.accelerator_reason}): guests run "

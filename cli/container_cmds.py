@@ -57,6 +57,7 @@ def info_doc(engine) -> dict:
         "KernelVersion": facts.host_kernel, "OperatingSystem": facts.operating_system,
         "OSType": "linux", "Architecture": "x86_64", "NCPU": facts.ncpu,
         "MemTotal": facts.mem_total, "Name": facts.hostname, "DockerRootDir": facts.state_root,
+        "WarmPool": engine.pool_status(),
     }
 
 
@@ -92,6 +93,8 @@ def info(
         f" Default Runtime: {doc['DefaultRuntime']}",
         " Isolation: vm (every container is a virtual machine: its own guest kernel)",
         f" Accelerator: {accel}",
+        f" Warm Pool: {doc['WarmPool']['Size']} per image (HV_POOL), "
+        f"{doc['WarmPool']['Ready']} of {doc['WarmPool']['VMs']} pooled VMs ready",
         f" Guest Kernel: {doc['GuestKernel'] or '(not built: run make setup)'}",
         f" Kernel Version: {doc['KernelVersion']}",
         f" Operating System: {doc['OperatingSystem']}",

@@ -218,6 +218,8 @@ def _attach_until_exit(engine, container, use_tty: bool, stdin_open: bool) -> in
         if engine.container_running(container):
             return 0
         code = engine.exit_code(container)
+    else:  # the exit frame comes before the power-off: return once it is stopped, as
+        engine.exit_code(container)  # Docker does (a `start -ai` right after saw it running)
     engine.finish_run(container)
     return code
 

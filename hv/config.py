@@ -114,6 +114,7 @@ class Config:
         env["HV_ROOT"] = os.path.abspath(self.root)  # children run in /
         env["HV_CACHE"] = os.path.abspath(self.cache)
         env["HV_GUEST_DIR"] = os.path.abspath(self.guest_dir)
+        env["HV_POOL"] = str(self.pool)  # (`system service --pool` sets it for its refills)
         if self.host:
             env["HV_HOST"] = self.host
         else:

@@ -110,7 +110,7 @@ class Creating:
         if opts.publish_all:
             published += ports.exposed(image.run_config)
         warm = None
-        if start and self._pool_serves(opts, mount_specs=mount_specs, published=published,
+        if self._pool_serves(opts, mount_specs=mount_specs, published=published,
                                        memory=memory, vcpus=vcpus, cpus=cpus,
                                        networks=networks):
             warm = self._claim_pooled(image.id)  # its folder is containers/.ID now
@@ -177,9 +177,15 @@ class Creating:
                         json.dumps(self._nics_mark(interfaces, restrict)))
                 xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
                                   restrict=restrict)
-                if warm:
+                if warm and start:
                     self._hand_over(record, xml, opts.interactive and not opts.detach,
                                     via=opened)
+                elif warm:  # `create`: the VM stays reserved, waiting, until `start`
+                    from hv.runtime import domains
+
+                    domains.adopt(self.libvirt, record.domain_name, record.to_dict(), xml,
+                                  live=False, via=opened)
+                    (cdir / "reserved").write_text("1")
                 elif start:
                     self._boot(record, xml=xml, via=opened)
                 else:
@@ -191,7 +197,7 @@ class Creating:
                 from hv.runtime.domains import destroy
 
                 with contextlib.suppress(HvError):
-                    destroy(self.libvirt, record.domain_name, undefine=not record.auto_remove)
+                    destroy(self.libvirt, record.domain_name, undefine=True)
             elif isinstance(e, KeyboardInterrupt) and xml is not None:
                 _undo_start(self.libvirt, record)  # the child may have started it all the same
             if record.networks:  # no endpoint, tap or bridge outlives a failed create
@@ -211,9 +217,9 @@ class Creating:
             self._made[cid] = attached  # undone if the main process never starts
         if policy.name != "no" and start:
             restart.spawn_watcher(cid, self.config.child_environ())
-        if start and (warm or self._pool_serves(
+        if warm or self._pool_serves(
                 opts, mount_specs=mount_specs, published=published, memory=memory,
-                vcpus=vcpus, cpus=cpus, networks=networks)):
+                vcpus=vcpus, cpus=cpus, networks=networks):
             self.refill_pool(image.id)  # detached: off this run's path
         if networks:  # the peers already running resolve the newcomer
             from hv.network import ops
@@ -263,7 +269,8 @@ class Creating:
         if not datapath.can_admin():
             return
         listed = {c.id for c in existing}
-        running = {c.id for c in existing if c.active} | self.pool_ids()
+        running = {c.id for c in existing if c.active} | self.pool_ids() | {
+            c.id for c in existing if self.paths.container_dir(c.id).joinpath("reserved").exists()}
         with contextlib.suppress(OSError):
             running |= {p.name.lstrip(".") for p in self.paths.containers_dir().iterdir()
                         if p.name not in listed}

@@ -281,8 +281,20 @@ class Lifecycle:
         c = self.container(ref)
         if c.active:
             return c
+        if self._start_reserved(c, wait_attach):  # `create` took a pooled VM: warm
+            restart.clear_user_stop(self.paths, c.id)
+            self._container_event("start", c)
+            if watch and c.record.restart != "no":
+                restart.spawn_watcher(c.id, self.config.child_environ())
+            return replace(c, active=True, paused=False)
         # libvirt must see the last QEMU gone before it starts another
         wait_reaped(self.libvirt, c.domain)
+        # a multiplexer of the last boot serves a transport that died with that VM: an
+        # attach right after this start (`start -ai`) reached it and failed ("SSH session
+        # not active") whenever it had not noticed yet
+        from hv.guest import mux
+
+        mux.stop(self.config, c.id)
         restart.clear_user_stop(self.paths, c.id)
         xml = self._network_xml(c) if c.record.networks else None
         # a Created container's first boot copies image content into its empty volumes

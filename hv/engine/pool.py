@@ -35,9 +35,6 @@ POOL_MEMORY_MIB = 512  # create's default: only default-sized containers are ser
 class Pooling:
     # --- what the pool holds -------------------------------------------------------------
 
-    def pool_size(self) -> int:
-        return self.config.pool
-
     def pool_entries(self) -> list[dict]:
         """Each pooled VM: id, image id, ready (booted to the claim), QEMU alive."""
         from hv.runtime.domains import qemu_pid
@@ -56,6 +53,12 @@ class Pooling:
                 out.append({"id": d.name, "image": image_id, "ready": _pooled(d),
                             "alive": alive})
         return out
+
+    def pool_status(self) -> dict:
+        """For `info`: the size asked for, the pooled VMs there, how many are ready."""
+        pooled = self.pool_entries()
+        return {"Size": self.config.pool, "VMs": len(pooled),
+                "Ready": sum(1 for e in pooled if e["ready"] and e["alive"])}
 
     def pool_ids(self) -> set[str]:
         """The container ids pooled VMs hold (their endpoints and taps are not orphans)."""
@@ -131,16 +134,19 @@ class Pooling:
             ops.teardown_taps(self.paths.state_root(), cid)
         shutil.rmtree(folder, ignore_errors=True)
 
-    def _hand_over(self, record: Record, xml: str, wait_attach: bool, via=None) -> None:
+    def _hand_over(self, record: Record, xml: str | None, wait_attach: bool, via=None,
+                   reserved: bool = False) -> None:
         """The claimed VM becomes `record`'s: the record on its live domain (and `xml` as
         its persistent definition unless `--rm`), then the container's seed over the claim
-        port; the agent goes on as after a cold boot's seed."""
+        port; the agent goes on as after a cold boot's seed. `reserved`: a `create`d one's
+        start (its definition is there already; `--rm` drops it)."""
         from hv.guest.seed import claim_message
         from hv.runtime import domains
 
         cid = record.id
         domains.adopt(self.libvirt, record.domain_name, record.to_dict(),
-                      None if record.auto_remove else xml, via=via)
+                      None if record.auto_remove or reserved else xml,
+                      transient=reserved and record.auto_remove, via=via)
         message = claim_message(self._guest_spec(record, wait_attach=wait_attach))
         folder = os.open(self.paths.container_dir(cid), os.O_PATH | os.O_CLOEXEC)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -159,6 +165,23 @@ class Pooling:
         self.paths.container_ports(cid).write_text("[]")
         self.paths.container_started(cid).write_text(f"{time.time():.9f}")
         (self.paths.container_dir(cid) / "warm").write_text("1")
+        self.paths.container_dir(cid).joinpath("reserved").unlink(missing_ok=True)
+
+    def _start_reserved(self, c, wait_attach: bool) -> bool:
+        """`start` of a `create`d container that holds a pooled VM: hand it over (True);
+        False when that VM died meanwhile (the caller boots cold from the definition)."""
+        from hv.runtime.domains import destroy, qemu_pid
+
+        marker = self.paths.container_dir(c.id) / "reserved"
+        if not marker.exists():
+            return False
+        if qemu_pid(self.libvirt, c.domain) is not None:
+            self._hand_over(c.record, None, wait_attach, reserved=True)
+            return True
+        marker.unlink(missing_ok=True)
+        with contextlib.suppress(HvError):
+            destroy(self.libvirt, c.domain)  # (a dead one's status, if libvirt has it)
+        return False
 
     # --- filling -------------------------------------------------------------------------
 
@@ -275,7 +298,24 @@ class Pooling:
         return cid
 
     def drain_pool(self) -> int:
-        """Destroy every pooled VM (prune, the clean-up, the service's stop). How many."""
+        """Destroy every pooled VM (prune, the service's stop). How many. A filler at work
+        is waited for first (up to a minute), so it cannot boot one after the drain."""
+        root = self.paths.pool_dir()
+        if not root.is_dir():
+            return 0
+        with open(root / ".fill.lock", "a") as lock:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break  # drain anyway
+                    time.sleep(0.05)
+            return self._drain()
+
+    def _drain(self) -> int:
         from hv.runtime.domains import destroy
 
         n = 0

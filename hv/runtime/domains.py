@@ -321,7 +321,8 @@ def define(lv: Libvirt, xml: str, name: str, via: Opened | None = None) -> None:
     (via or Opened(lv)).call(_define, xml, name)
 
 
-def _adopt(conn, name: str, record: dict, xml: str | None) -> None:
+def _adopt(conn, name: str, record: dict, xml: str | None, live: bool,
+           transient: bool) -> None:
     import libvirt
 
     from hv.runtime.domain import HV_NS, HV_PREFIX, metadata_element
@@ -330,19 +331,24 @@ def _adopt(conn, name: str, record: dict, xml: str | None) -> None:
     if dom is None:
         raise RuntimeFailure("the pooled VM is gone", hint="run the command again")
     try:
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_element(record),
-                        HV_PREFIX, HV_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if live:
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_element(record),
+                            HV_PREFIX, HV_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if xml is not None:
             conn.defineXML(xml)
+        if transient and dom.isPersistent():
+            dom.undefineFlags(0)  # running on, gone when it powers off
     except libvirt.libvirtError as e:
         raise translate(e, "cannot hand the pooled VM its container") from None
 
 
-def adopt(lv: Libvirt, name: str, record: dict, xml: str | None, via: Opened | None = None
-          ) -> None:
-    """A running pooled VM becomes a container: its record set on the live domain, and with
-    `xml` (not `--rm`) that definition made its persistent one, for the next (cold) boot."""
-    (via or Opened(lv)).call(_adopt, name, record, xml)
+def adopt(lv: Libvirt, name: str, record: dict, xml: str | None, live: bool = True,
+          transient: bool = False, via: Opened | None = None) -> None:
+    """A running pooled VM becomes a container: its record set on the live domain (`live`:
+    then listings see it running), with `xml` that definition made its persistent one (for
+    the next, cold, boot; a `create`d container is listed from it, Created), `transient`:
+    a persistent definition dropped (`--rm` at its start)."""
+    (via or Opened(lv)).call(_adopt, name, record, xml, live, transient)
 
 
 def _is_active(conn, name: str) -> bool | None:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -310,9 +311,17 @@ def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox
         assert "probed\nhello-from-" in p.stdout, p.stderr  # ... but its peers by name
         assert sh(hv, "nt-isrv", "echo via-agent").stdout == "via-agent\n"  # the agent's forward
         port = hv("port", "nt-isrv", "8080", check=True).stdout.split(":")[-1].strip()
-        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as c:
-            c.settimeout(30)
-            assert c.recv(64).startswith(b"hello-from-")  # -p's forward
+        # -p's forward; SERVE answers one client at a time (3 s each) and the peer above
+        # may still hold it: a connection the guest refuses reads as EOF, so try again
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as c:
+                c.settimeout(30)
+                got = c.recv(64)
+            if got or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert got.startswith(b"hello-from-"), got
         # connected to a normal network as well, a container gets its way out (the domain
         # is defined again at its start), and loses it when that network goes
         hv("network", "create", "--subnet", "10.234.0.0/24", "nt-ext", check=True)

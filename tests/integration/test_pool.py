@@ -63,6 +63,8 @@ def test_a_warm_run_gives_what_a_cold_run_gives(hv, pool):
 def test_a_warm_container_lives_as_a_cold_one(hv, pool):
     hv("run", "--rm", "busybox", "true", env=POOL, check=True)
     (entry,) = _ready(pool)
+    doc = json.loads(hv("info", "-f", "json", env=POOL, check=True).stdout)
+    assert doc["WarmPool"] == {"Size": 1, "VMs": 1, "Ready": 1}
     name = "warm-one"
     try:
         hv("run", "-d", "--name", name, "-e", "WHO=warm", "busybox", "sleep", "600",
@@ -147,3 +149,73 @@ def test_a_deep_state_root_boots_cold(tmp_path):
     deep = Config.from_environ(dict(os.environ, HV_ROOT=str(tmp_path / ("d" * 60)),
                                     HV_POOL="1"))
     assert Engine(deep).fill_pool("sha256:" + "0" * 64) == 0
+
+
+def test_docker_run_through_the_service_claims_from_its_pool(hv, pool, tmp_path):
+    """`docker run` through the service with `--pool 1` gets a pooled VM; the service's
+    pooled VMs go when it stops."""
+    from tests.integration.test_api import Service, _wait_ready
+
+    sock = tmp_path / "api.sock"
+    log = tmp_path / "service.log"
+    with open(log, "ab") as out:
+        proc = hv.popen("system", "service", f"unix://{sock}", "--pool", "1", stdout=out,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    svc = Service(sock, proc, log, tmp_path / "docker-config")
+    svc.config.mkdir()
+    try:
+        _wait_ready(svc)
+        assert svc.docker("run", "--rm", "busybox", "echo", "cold", check=True).stdout == \
+            "cold\n"
+        _ready(pool)
+        status, body, _ = svc.request("GET", "/info")
+        assert status == 200 and json.loads(body)["WarmPool"] == {"Size": 1, "VMs": 1,
+                                                                  "Ready": 1}
+        run = svc.docker("run", "--rm", "busybox", "sh", "-c", "echo warm; exit 5")
+        assert (run.returncode, run.stdout) == (5, "warm\n"), run.stderr
+        _ready(pool)
+        # the service's create boots at once (its attach comes before start): warm too
+        cid = svc.docker("create", "--name", "api-made", "busybox", "sleep", "600",
+                         check=True).stdout.strip()
+        svc.docker("start", "api-made", check=True)
+        info = _inspect(hv, cid)
+        assert info["State"]["Running"] and info["VM"]["Warm"] is True
+        assert svc.docker("exec", "api-made", "echo", "in", check=True).stdout == "in\n"
+        svc.docker("rm", "-f", "api-made", check=True)
+    finally:
+        hv("rm", "-f", "api-made")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, svc.tail()
+    deadline = time.monotonic() + 30
+    while pool.pool_entries() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pool.pool_entries() == []  # the service emptied the pool it made
+
+
+def test_hv_create_reserves_a_pooled_vm_and_start_hands_it_over(hv, pool):
+    """`hv create` claims a pooled VM and keeps it waiting (the container is Created);
+    `start` hands it over; `rm` of one never started takes its VM along."""
+    hv("run", "--rm", "busybox", "true", env=POOL, check=True)
+    (entry,) = _ready(pool)
+    try:
+        cid = hv("create", "--name", "reserved-one", "busybox", "sleep", "600", env=POOL,
+                 check=True).stdout.strip()
+        assert cid == entry["id"]
+        info = _inspect(hv, cid)
+        assert info["State"]["Status"] == "created" and info["VM"]["Warm"] is False
+        hv("start", "reserved-one", env=POOL, check=True)
+        info = _inspect(hv, cid)
+        assert info["State"]["Running"] and info["VM"]["Warm"] is True
+        assert hv("exec", "reserved-one", "echo", "in", check=True).stdout == "in\n"
+        hv("rm", "-f", "reserved-one", check=True)
+        (entry,) = _ready(pool)
+        cid = hv("create", "--name", "never-started", "busybox", "true", env=POOL,
+                 check=True).stdout.strip()
+        assert cid == entry["id"]
+        hv("rm", "never-started", check=True)
+        from hv.runtime.domains import qemu_pid
+
+        assert qemu_pid(pool.libvirt, f"hv-{cid[:12]}") is None  # its VM went with it
+    finally:
+        hv("rm", "-f", "reserved-one", "never-started")
