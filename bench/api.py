@@ -301,10 +301,10 @@ def main() -> int:
     try:
         accel = detect(Config.from_environ().paths)
         b.setup()
-        b.boot()
-        b.warm()
-        b.exec()
-        b.concurrent()
+        sections = (os.environ.get("HV_BENCH_ONLY") or "boot,warm,exec,concurrent").split(",")
+        for name in ("boot", "warm", "exec", "concurrent"):
+            if name in sections:
+                getattr(b, name)()
     finally:
         b.close()
     report(b, accel)
