@@ -8,8 +8,6 @@ stop the user asked for is never undone. One watcher per container (an flock pro
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 
 from hv.errors import UsageError
@@ -66,17 +64,6 @@ def restart_count(paths: Paths, cid: str) -> int:
 def spawn_watcher(cid: str, env: dict[str, str]) -> None:
     """Start the watcher for `cid` in the background (it exits at once if one runs); `env`:
     the Config's child_environ(), from which it builds the same Config."""
-    pid = os.fork()
-    if pid:
-        os.waitpid(pid, 0)
-        return
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.execve(sys.executable, [sys.executable, "-m", "hv.restart_watcher", cid], env)
-    finally:
-        os._exit(0)
+    from hv.detached import spawn_module
+
+    spawn_module("hv.restart_watcher", [cid], env)

@@ -20,7 +20,6 @@ import fcntl
 import os
 import shutil
 import socket
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -189,21 +188,9 @@ class Pooling:
         """Start the detached refiller for `image_id` (it exits at once if one runs)."""
         if self.config.pool <= 0 or not self.libvirt.embedded:
             return
-        pid = os.fork()
-        if pid:
-            os.waitpid(pid, 0)
-            return
-        try:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.execve(sys.executable, [sys.executable, "-m", "hv.pool_refill", image_id],
-                      self.config.child_environ())
-        finally:
-            os._exit(0)
+        from hv.detached import spawn_module
+
+        spawn_module("hv.pool_refill", [image_id], self.config.child_environ())
 
     def fill_pool(self, image_id: str) -> int:
         """Boot pooled VMs of `image_id` until the pool holds `pool` of them (dead ones
