@@ -12,7 +12,10 @@ def spawn_module(module: str, args: list[str], env: dict[str, str]) -> None:
     same Config."""
     pid = os.fork()
     if pid:
-        os.waitpid(pid, 0)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # the API service's reaper thread took it first
         return
     try:
         os.setsid()

@@ -85,7 +85,7 @@ class Pooling:
     def _claim_pooled(self, image_id: str) -> str | None:
         """Take a ready pooled VM of `image_id`: its id, its folder now containers/.ID (a
         being-made container to every other hv command), or None."""
-        from hv.runtime.domains import destroy, qemu_pid
+        from hv.runtime.domains import qemu_pid
 
         root = self.paths.pool_dir()
         try:
@@ -111,21 +111,25 @@ class Pooling:
                 continue  # another run took it first
             if not stale and qemu_pid(self.libvirt, f"hv-{name[:12]}") is not None:
                 return name
-            with contextlib.suppress(HvError):  # dead, or another guest kernel: discarded
-                destroy(self.libvirt, f"hv-{name[:12]}")
             self._release_pooled(name, staging)
         return None
 
     def _discard_claimed(self, cid: str) -> None:
         """A claim that went wrong before its folder was in place: the VM goes."""
+        self._release_pooled(cid, self.paths.containers_dir() / ("." + cid))
+
+    def _release_pooled(self, cid: str, folder: Path) -> None:
+        """A pooled VM goes for good: its domain, endpoint, taps and folder."""
+        from hv.network import ops
         from hv.runtime.domains import destroy
 
         with contextlib.suppress(HvError):
             destroy(self.libvirt, f"hv-{cid[:12]}")
-        self._release_pooled(cid, self.paths.containers_dir() / ("." + cid))
-
-    def _release_pooled(self, cid: str, folder: Path) -> None:
-        from hv.network import ops
+        with contextlib.suppress(HvError, OSError):
+            ops.release(self.paths.state_root(), cid)
+        with contextlib.suppress(HvError, OSError):
+            ops.teardown_taps(self.paths.state_root(), cid)
+        shutil.rmtree(folder, ignore_errors=True)
 
         with contextlib.suppress(HvError, OSError):
             ops.release(self.paths.state_root(), cid)
@@ -215,7 +219,6 @@ class Pooling:
     def _sweep_pool(self) -> None:
         """Pooled VMs whose QEMU died (killed while idle), or booted from an older guest
         kernel, go: never handed out."""
-        from hv.runtime.domains import destroy
 
         kernel = _kernel_stamp(self.paths)
         for e in self.pool_entries():
@@ -224,16 +227,10 @@ class Pooling:
                 stale = (d / "kernel").read_text() != kernel
             except OSError:
                 stale = True
-            if e["alive"] and not stale:
+            if e["alive"] and not stale:  # ready, or still booting
                 continue
-            if not e["ready"] and e["alive"] and not stale:
-                continue
-            with contextlib.suppress(HvError):
-                destroy(self.libvirt, f"hv-{e['id'][:12]}")
             self._release_pooled(e["id"], d)
         for d in self._half_made(min_age=600):
-            with contextlib.suppress(HvError):
-                destroy(self.libvirt, f"hv-{d.name[:12]}")
             self._release_pooled(d.name, d)
 
     def _boot_pooled(self, image_id: str) -> str:
@@ -278,9 +275,7 @@ class Pooling:
             pp.container_ssh_port(cid).write_text(str(bound[0].host_port))
             (folder / "image").write_text(image.id)
         except BaseException:
-            with contextlib.suppress(HvError):
-                domains.destroy(self.libvirt, record.domain_name)
-            self._release_pooled(cid, folder)
+            self._release_pooled(cid, folder)  # (its domain too, if it started)
             raise
         return cid
 
@@ -303,19 +298,12 @@ class Pooling:
             return self._drain()
 
     def _drain(self) -> int:
-        from hv.runtime.domains import destroy
-
-        n = 0
-        for e in self.pool_entries():
-            with contextlib.suppress(HvError):
-                destroy(self.libvirt, f"hv-{e['id'][:12]}")
+        entries = self.pool_entries()
+        for e in entries:
             self._release_pooled(e["id"], self.paths.pool_dir() / e["id"])
-            n += 1
         for d in self._half_made(min_age=0):
-            with contextlib.suppress(HvError):
-                destroy(self.libvirt, f"hv-{d.name[:12]}")
             self._release_pooled(d.name, d)
-        return n
+        return len(entries)
 
     def _half_made(self, min_age: float) -> list[Path]:
         """Pool folders without `image` (a filler killed while it booted one) older than
