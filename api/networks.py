@@ -2,12 +2,11 @@
 
 Statuses as dockerd answers: a duplicate name 409, no such network 404, removing a network
 with endpoints or a predefined one 403 (libnetwork's errors are Forbidden), connecting a
-container twice 403. hv cannot add or remove a NIC while a VM runs (no PCI hot-plug in the
-guest kernel; docs/networks.md), so connect/disconnect on a running container is refused
-with the facade's message (409) — except on a container created through the API and not
+container twice 403. Connect/disconnect of a running container hot-plugs or unplugs its NIC
+(the facade's; docs/networks.md) — except on a container created through the API and not
 started yet (`Service.fresh`): hv's create booted its VM already, so that VM is stopped, the
 endpoint changed, and `start` boots it again with its networks (compose and docker-py
-connect between create and start).
+connect between create and start, and expect the command to start on those networks).
 """
 
 from __future__ import annotations
@@ -120,13 +119,12 @@ def _container(body: dict) -> str:
 
 def _unstarted(engine, svc, ref: str):
     """The container; when the API created it and nobody started it yet, its VM (booted by
-    hv's create) is stopped first, so the change applies at `start` (see the docstring)."""
+    hv's create) is stopped first, so the change applies at `start` (see the docstring),
+    unless it is AutoRemove (a stop would remove it): then the NIC is hot-plugged."""
     c = engine.container(ref)
     if c.id in svc.fresh and c.active:
-        if svc.reaper.watching(c.id):  # AutoRemove: stopping it would remove it
-            raise Conflict(f"cannot connect or disconnect container {c.name} before its start: "
-                           "it is removed when it stops (AutoRemove); give its networks at "
-                           "create (NetworkingConfig)")
+        if svc.reaper.watching(c.id):  # AutoRemove: stopping it would remove it, so the
+            return c                     # NIC is hot-plugged into the running VM instead
         svc.fresh.discard(c.id)
         svc.await_attach.discard(c.id)
         with contextlib.suppress(HvError):

@@ -52,4 +52,7 @@ void run_child(struct proc_spec *ps) __attribute__((noreturn));
 /* The SSH ForceCommand (session.c). */
 int session_main(void);
 
+/* The embedded resolver on 127.0.0.11 (dns.c). */
+int dns_main(int argc, char **argv);
+
 #endif

@@ -5,6 +5,7 @@
  *   hv-init --fail CODE MESSAGE   report an early failure, then power off
  *   hv-init --claim DIR           a pooled VM: say `pooled`, wait for the container's seed
  *                                 on the port "hv.claim", write its files into DIR
+ *   hv-init --dns HOSTS UPSTREAM  the resolver at 127.0.0.11 on user-defined networks (dns.c)
  *   hv-init --session             the SSH ForceCommand (session.c); also as a login
  *   hv-init -c COMMAND            shell: sshd runs `SHELL -c COMMAND`
  *
@@ -518,6 +519,8 @@ int main(int argc, char **argv)
 	if ((argc >= 2 && strcmp(argv[1], "--session") == 0) ||
 	    (argc == 3 && strcmp(argv[1], "-c") == 0))
 		return session_main();
+	if (argc >= 2 && strcmp(argv[1], "--dns") == 0)
+		return dns_main(argc, argv);
 	if (getpid() == 1)
 		reboot(RB_DISABLE_CAD); /* ctrl-alt-del becomes SIGINT to us: a stop request */
 	signal(SIGPIPE, SIG_IGN);

@@ -13,6 +13,7 @@
  *   tar-out FOLLOW PATH          tar of PATH on stdout
  *   tar-in DIR                   extract the tar on stdin into DIR
  *   hosts                        stdin becomes the container's /etc/hosts
+ *   nics                         stdin: the container's hv NICs now (hv-nics configures them)
  *   ready                        prints "ok"
  */
 #define _GNU_SOURCE
@@ -733,5 +734,11 @@ int session_main(void)
 		return verb_tar_in(a, n);
 	if (strcmp(verb, "hosts") == 0)
 		return verb_hosts(n);
+	if (strcmp(verb, "nics") == 0) {
+		if (n != 0)
+			die(125, "usage: nics (the NIC list on stdin)");
+		execl("/bin/sh", "sh", "/sbin/hv-nics", (char *)NULL);
+		die(126, "/sbin/hv-nics: %s", strerror(errno));
+	}
 	die(125, "unknown verb: %s", verb);
 }

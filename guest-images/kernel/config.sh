@@ -126,6 +126,9 @@ y BLK_DEV VIRTIO_BLK BLK_DEV_LOOP
 y VIRTIO_CONSOLE HVC_DRIVER       # hvc console and the virtio-serial ports hv.log/hv.status
 y HW_RANDOM HW_RANDOM_VIRTIO
 y NETDEVICES NET_CORE VIRTIO_NET VETH
+# `network connect|disconnect` of a running container: libvirt hot-plugs a virtio-net NIC into a
+# slot of pc's bus 0, announced to the guest through ACPI (QEMU's PIIX4 hot-plug)
+y HOTPLUG_PCI HOTPLUG_PCI_ACPI
 n ETHERNET WLAN WIRELESS
 
 # --- Networking ------------------------------------------------------------------------------

@@ -325,6 +325,7 @@ class Creating:
             env.insert(1 if env and env[0].startswith("PATH=") else 0,
                        f"HOSTNAME={record.hostname}")
         nics, hosts = self._guest_network(record)
+        dns = self._embedded_dns(record)
         return GuestSpec(
             container_id=cid, argv=record.argv, env=env, workdir=record.workdir,
             user=record.user, hostname=record.hostname, tty=record.tty,
@@ -332,7 +333,7 @@ class Creating:
             authorized_keys=paths.container_client_public(cid).read_text(),
             ssh_host_key=paths.container_host_private(cid).read_text(),
             mounts=_guest_mounts(record, first_boot and not maintenance, maintenance),
-            nics=nics, hosts=hosts, resolv=_resolv_conf(record),
+            nics=nics, hosts=hosts, resolv=_resolv_conf(record, dns is not None), dns=dns,
             read_only=record.read_only and not maintenance,
         )
 
@@ -346,16 +347,22 @@ class Creating:
             marker.write_text(text + "\n")
 
 
-def _resolv_conf(record: Record) -> str | None:
-    """The container's /etc/resolv.conf for `--dns`/`--dns-search`/`--dns-option`, as
-    Docker writes it; None: the agent's (the user-mode NIC's resolver, 10.0.2.3)."""
-    if not (record.dns or record.dns_search or record.dns_options):
+def _resolv_conf(record: Record, embedded: bool = False) -> str | None:
+    """The container's /etc/resolv.conf as Docker writes it: on a user-defined network its
+    embedded resolver (`embedded`: the agent's, at 127.0.0.11, `options ndots:0`), else
+    `--dns`/`--dns-search`/`--dns-option`; None: the agent's (the user-mode NIC's
+    resolver, 10.0.2.3)."""
+    if not (embedded or record.dns or record.dns_search or record.dns_options):
         return None
-    lines = [f"nameserver {ip}" for ip in record.dns or ["10.0.2.3"]]
+    servers = ["127.0.0.11"] if embedded else record.dns or ["10.0.2.3"]
+    lines = [f"nameserver {ip}" for ip in servers]
     if record.dns_search:
         lines.append("search " + " ".join(record.dns_search))
-    if record.dns_options:
-        lines.append("options " + " ".join(record.dns_options))
+    options = list(record.dns_options)
+    if embedded and not any(o.startswith("ndots:") for o in options):
+        options.append("ndots:0")
+    if options:
+        lines.append("options " + " ".join(options))
     return "\n".join(lines) + "\n"
 
 

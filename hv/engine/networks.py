@@ -15,10 +15,6 @@ from hv.containers import Container, Record
 from hv.errors import Conflict, HvError, UsageError
 from hv.spec import RunOptions, parse_add_host
 
-RUNNING_HINT = ("stop it first ('hv stop {c}'), then connect or disconnect, then 'hv start "
-                "{c}': hv's guest kernel has no PCI hot-plug, so a NIC cannot come or go "
-                "while it runs")
-
 
 class Networks:
     # --- the verbs ---------------------------------------------------------------------------
@@ -63,34 +59,94 @@ class Networks:
 
     def network_connect(self, ref: str, container: str, aliases: Iterable[str] = (),
                         ip: str | None = None):
-        """A stopped container only: its endpoint is a record, its NIC comes at the next
-        start. A running one is refused (no PCI hot-plug in the guest; docs/networks.md)."""
+        """Docker's `network connect`. A stopped container gets a record (its NIC comes at
+        its next start); a running one its NIC at once: a tap on the network's bridge,
+        hot-plugged into the VM, given its address by the agent (docs/networks.md)."""
         from hv.network import ops
 
         root = self.paths.state_root()
         net = ops.get(root, ref)
         c = self.container(container)
-        if c.active:
-            raise Conflict(f"cannot connect running container {c.name} to network "
-                           f"{net.name}", hint=RUNNING_HINT.format(c=c.name), exit_code=1)
+        if c.active and c.paused:
+            raise Conflict(f"cannot connect paused container {c.name} to network {net.name}",
+                           hint=f"unpause it first ('hv unpause {c.name}')", exit_code=1)
         if net.name != "none" and net.driver == "bridge":
             self._require_admin(exit_code=1)
         ep = ops.connect(root, net.id, c.id, c.name, aliases, ip)
-        self._push_hosts(ops.peers(root, c.id) - {c.id})
+        if c.active and ep.tap:
+            try:
+                self._plug(c, ep)
+            except BaseException:
+                with contextlib.suppress(HvError, OSError):
+                    ops.disconnect(root, net.id, c.id, force=True)
+                raise
+            self._push_hosts(ops.peers(root, c.id))
+        else:
+            self._push_hosts(ops.peers(root, c.id) - {c.id})
         return ep
 
     def network_disconnect(self, ref: str, container: str, force: bool = False) -> None:
+        """Docker's `network disconnect`; a running container's NIC loses its address in
+        the guest, then leaves the VM (unplugged), then its tap goes."""
         from hv.network import ops
 
         root = self.paths.state_root()
         net = ops.get(root, ref)
         c = self.container(container)
-        if c.active:
-            raise Conflict(f"cannot disconnect running container {c.name} from network "
-                           f"{net.name}", hint=RUNNING_HINT.format(c=c.name), exit_code=1)
-        peers = ops.peers(root, c.id) - {c.id}
+        if c.active and c.paused:
+            raise Conflict(f"cannot disconnect paused container {c.name} from network "
+                           f"{net.name}", hint=f"unpause it first ('hv unpause {c.name}')",
+                           exit_code=1)
+        peers = ops.peers(root, c.id)
+        ep = dict((n.id, e) for n, e in ops.endpoints_of(root, c.id)).get(net.id)
+        if c.active and ep is not None and ep.tap:
+            self._unplug(c, ep)
         ops.disconnect(root, net.id, c.id, force=force)
-        self._push_hosts(peers)
+        self._push_hosts(peers if c.active else peers - {c.id})
+
+    def _plug(self, c: Container, ep) -> None:
+        """Hot-plug `ep`'s NIC into `c`'s VM and have the agent configure it."""
+        from hv.network import ops
+        from hv.runtime import domains
+
+        self._interfaces(c.id)  # its tap on the bridge (the others exist: idempotent)
+        nic = ops.interface_for(ep)
+        domains.attach_nic(self.libvirt, c.domain, nic.to_xml(), nic.mac)
+        try:
+            self._guest_nics(c, ops.guest_nics(self.paths.state_root(), c.id))
+        except BaseException:
+            with contextlib.suppress(HvError, OSError):
+                domains.detach_nic(self.libvirt, c.domain, nic.to_xml(), nic.mac)
+            raise
+
+    def _unplug(self, c: Container, ep) -> None:
+        from hv.network import ops
+        from hv.runtime import domains
+
+        nic = ops.interface_for(ep)
+        left = [n for n in ops.guest_nics(self.paths.state_root(), c.id) if n.mac != ep.mac]
+        with contextlib.suppress(HvError, OSError, EOFError):  # the unplug cuts it anyway
+            self._guest_nics(c, left)
+        domains.detach_nic(self.libvirt, c.domain, nic.to_xml(), nic.mac)
+
+    def _guest_nics(self, c: Container, nics: list) -> None:
+        """The agent's `nics` verb: the guest's hv NICs made to match `nics`."""
+        from hv import guestops
+        from hv.errors import RuntimeFailure
+        from hv.guest.attach import session_command
+        from hv.guest.seed import nics_file
+
+        agent = guestops.connect_agent(self.ctx, c, timeout=30)
+        try:
+            code, _, err = agent.call(session_command("nics"), stdin=nics_file(nics),
+                                      timeout=30)
+        finally:
+            agent.close()
+        if code != 0:
+            raise RuntimeFailure(f"the guest could not configure its NICs: "
+                                 f"{err.decode(errors='replace').strip() or f'exit {code}'}",
+                                 hint="stop and start the container: its NICs are then "
+                                 "made at boot", exit_code=1)
 
     # --- what create / start / rm do ---------------------------------------------------------
 
@@ -213,6 +269,26 @@ class Networks:
         text = (ops.hosts_file(root, record.id, record.hostname) if record.networks
                 else hosts.render(record.hostname, hosts.NO_NETWORK_ADDRESS, []))
         return nics or None, text + _extra_hosts(record.add_hosts)
+
+    def _embedded_dns(self, record: Record) -> str | None:
+        """On a user-defined network Docker's containers ask its embedded DNS (127.0.0.11),
+        which knows the peers and forwards the rest: hv's agent does the same from the
+        container's /etc/hosts. The upstream it forwards to (None: no embedded DNS): the
+        first IPv4 `--dns`, else the user-mode NIC's resolver; 0.0.0.0 when the container
+        has no way out (`--internal` only)."""
+        import ipaddress
+
+        from hv.network import ops
+
+        if not record.networks or not any(
+                n.user_defined for n, _ in ops.endpoints_of(self.paths.state_root(), record.id)):
+            return None
+        if self._restricted(record):
+            return "0.0.0.0"  # no way out: the resolver answers SERVFAIL for other names
+        for ip in record.dns:
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.IPv4Address(ip))
+        return "10.0.2.3"
 
     def _push_hosts(self, cids: Iterable[str]) -> None:
         """Send each running container in `cids` its /etc/hosts as it is now (the agent's

@@ -67,6 +67,7 @@ class GuestSpec:
     nics: list[GuestNic] | None = None  # NICs on hv networks (besides the user-mode one)
     hosts: str | None = None  # the whole /etc/hosts; None: the agent writes its default
     resolv: str | None = None  # the whole /etc/resolv.conf; None: the user-mode resolver
+    dns: str | None = None  # the agent's resolver at 127.0.0.11 forwards to this (IPv4)
     read_only: bool = False  # `--read-only`: the container's root mounted read-only
     pool: bool = False  # a pooled VM: NICs and sshd up, then wait for a claim (hv.engine.pool)
 
@@ -87,7 +88,7 @@ def _mounts(mounts: list[GuestMount]) -> bytes:
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def _nics(nics: list[GuestNic]) -> bytes:
+def nics_file(nics: list[GuestNic]) -> bytes:
     """Two NUL-terminated fields per NIC: MAC (lowercase), ADDRESS/PREFIX."""
     items: list[str | bytes] = []
     for n in nics:
@@ -153,11 +154,13 @@ def seed_files(spec: GuestSpec) -> dict[str, bytes]:
     if spec.mounts:
         files["mounts"] = _mounts(spec.mounts)
     if spec.nics:
-        files["nics"] = _nics(spec.nics)
+        files["nics"] = nics_file(spec.nics)
     if spec.hosts is not None:
         files["hosts"] = _text(spec.hosts, "hosts")
     if spec.resolv is not None:
         files["resolv"] = _text(spec.resolv, "resolv")
+    if spec.dns is not None:
+        files["dns"] = str(ipaddress.IPv4Address(spec.dns)).encode()  # raises on a bad one
     # sshd runs only when both keys are there; an absent file means "no sshd".
     if spec.authorized_keys or spec.ssh_host_key:
         if not (spec.authorized_keys and spec.ssh_host_key):

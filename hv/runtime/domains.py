@@ -351,6 +351,43 @@ def adopt(lv: Libvirt, name: str, record: dict, xml: str | None, live: bool = Tr
     (via or Opened(lv)).call(_adopt, name, record, xml, live, transient)
 
 
+def _plug_nic(conn, name: str, xml: str, mac: str, attach: bool, timeout: float) -> None:
+    import libvirt
+
+    dom = lookup(conn, name)
+    if dom is None or not attempt(lambda: bool(dom.isActive()), False):
+        raise Conflict("the container stopped meanwhile", hint="connect it while it is "
+                       "stopped: its NIC then comes at its next start")
+    doing = "cannot hot-plug the NIC" if attach else "cannot unplug the NIC"
+    try:
+        if attach:
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            return
+        dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    except libvirt.libvirtError as e:
+        raise translate(e, doing) from None
+    # libvirt waits 5 s for the guest's eject (ACPI), then returns with the device still
+    # there; nobody would see QEMU's later DEVICE_DELETED on an embedded root (no daemon)
+    deadline = time.monotonic() + timeout
+    while mac in (attempt(lambda: dom.XMLDesc(0), "") or "").lower():
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"the guest did not release its NIC {mac} within "
+                                 f"{timeout:.0f} s", hint="stop the container, then "
+                                 "disconnect it")
+        time.sleep(0.05)
+
+
+def attach_nic(lv: Libvirt, name: str, xml: str, mac: str) -> None:
+    """Hot-plug an <interface> into the running domain (live only: the persistent
+    definition follows the records at the next start)."""
+    lv.call(_plug_nic, name, xml, mac.lower(), True, 0.0)
+
+
+def detach_nic(lv: Libvirt, name: str, xml: str, mac: str, timeout: float = 15.0) -> None:
+    """Unplug an <interface> from the running domain; returns once QEMU removed it."""
+    lv.call(_plug_nic, name, xml, mac.lower(), False, timeout)
+
+
 def _is_active(conn, name: str) -> bool | None:
     dom = lookup(conn, name)
     return None if dom is None else attempt(lambda: bool(dom.isActive()))

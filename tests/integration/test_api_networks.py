@@ -81,10 +81,18 @@ def test_docker_cli_networks_names_none_and_errors(service):
         status, body, _ = service.request("DELETE", "/v1.50/networks/hvn-cli")
         assert status == 403 and b"active endpoints" in body, body
         assert d("network", "rm", "hvn-cli").returncode == 1
-        # connect on a running container: refused with the facade's message
-        status, body, _ = service.request("POST", "/v1.50/networks/bridge/connect",
-                                          {"Container": "hvn-a"})
-        assert status == 409 and b"running" in body, body
+        # connect and disconnect a running container: its NIC is hot-plugged, then unplugged
+        d("network", "connect", "bridge", "hvn-a", check=True)
+        doc = _json(d("inspect", "hvn-a", check=True).stdout)[0]
+        assert sorted(doc["NetworkSettings"]["Networks"]) == ["bridge", "hvn-cli"]
+        bridge_ip = doc["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+        assert bridge_ip.startswith("172.17.") and doc["NetworkSettings"]["IPAddress"] == bridge_ip
+        addrs = d("exec", "hvn-a", "ip", "-4", "-o", "addr", check=True).stdout
+        assert f"inet {bridge_ip}/" in addrs, addrs
+        d("network", "disconnect", "bridge", "hvn-a", check=True)
+        assert f"inet {bridge_ip}/" not in d("exec", "hvn-a", "ip", "-4", "-o", "addr",
+                                             check=True).stdout
+        assert d("inspect", "-f", fmt, "hvn-a", check=True).stdout.split() == ["hvn-cli"]
 
         # --network none: no NIC but loopback and the user-mode one, nothing in inspect
         p = d("run", "--rm", "--network", "none", "busybox", "cat", "/etc/hosts", check=True)

@@ -1,7 +1,8 @@
 """`hv network …` and `run --network` on real guests, through the real CLI: names (container
 name, alias, short id) on a user-defined network, both ways and for a container that joins
 later, gone after rm; isolation between two networks; the default bridge by IP without
-names; `none`; connect/disconnect of a stopped container applied at its start; refusals
+names; `none`; connect/disconnect of a running container (hot-plug) and of a stopped one
+(applied at its start); refusals
 and their exit codes; nothing left on the host (the suite's conftest checks the links).
 
 Boots are few (TCG on 2 cores): one module-wide trio shared by the tests, in file order.
@@ -86,9 +87,17 @@ def test_names_alias_and_short_id_both_ways(hv, trio):
     assert "hello-from-" in p.stdout, p.stderr
     p = sh(hv, "nt-web", "nc nt-db 8080 </dev/null")
     assert "hello-from-" in p.stdout, p.stderr
-    # outbound names still go through the user-mode resolver: nothing to test offline,
-    # but resolv.conf is untouched
-    assert sh(hv, "nt-web", "cat /etc/resolv.conf").stdout == "nameserver 10.0.2.3\n"
+    # DNS as Docker's embedded resolver: 127.0.0.11 answers the peers' names (nslookup
+    # asks DNS, never /etc/hosts); other names go on to the user-mode resolver (nothing to
+    # test offline: only names that exist are looked up here)
+    assert sh(hv, "nt-web", "cat /etc/resolv.conf").stdout == \
+        "nameserver 127.0.0.11\noptions ndots:0\n"
+    db_ip, web_ip = ip_of(hv, "nt-db", "nt-a"), ip_of(hv, "nt-web", "nt-a")
+    for ctr, name, ip in (("nt-web", "nt-db", db_ip), ("nt-db", "alpha", web_ip),
+                          ("nt-db", web_id[:12], web_ip), ("nt-web", "NT-DB", db_ip)):
+        p = sh(hv, ctr, f"nslookup {name}")
+        assert p.returncode == 0 and f"Address: {ip}" in p.stdout, (ctr, name, p.stdout,
+                                                                     p.stderr)
 
 
 def test_container_inspect_shows_the_network(hv, trio):
@@ -144,8 +153,10 @@ def test_a_later_container_is_resolved_by_earlier_ones_and_not_after_rm(hv, trio
         "Networks"]
     assert sorted(nets) == ["nt-a", "nt-b"]
     assert nets["nt-b"]["IPAddress"].startswith("10.231.0.")
-    assert not resolves(hv, "nt-web", "nt-other")  # a shared peer links nothing
     late_ip = ip_of(hv, "nt-late", "nt-a")
+    p = sh(hv, "nt-web", "nslookup nt-late")  # the resolver read the pushed hosts file
+    assert f"Address: {late_ip}" in p.stdout, (p.stdout, p.stderr)
+    assert not resolves(hv, "nt-web", "nt-other")  # a shared peer links nothing
     hv("rm", "-f", "nt-late", check=True)
     assert not resolves(hv, "nt-web", "nt-late")
     assert not resolves(hv, "nt-db", "nt-late")
@@ -181,13 +192,39 @@ def test_rename_a_running_container_peers_resolve_the_new_name(hv, trio, busybox
     assert resolves(hv, "nt-web", "nt-db") and not resolves(hv, "nt-web", "nt-store")
 
 
-def test_connect_refused_on_a_running_container(hv, trio):
-    for verb in ("connect", "disconnect"):
-        p = hv("network", verb, "nt-a", "nt-other")
-        assert p.returncode == 1, p.stderr
-        err = one_error(p)
-        assert "running container nt-other" in err
-        assert "stop it first" in p.stderr and "PCI hot-plug" in p.stderr
+def test_connect_and_disconnect_a_running_container(hv, trio):
+    """`network connect` of a running container hot-plugs a NIC (tap on the bridge, PCI
+    hot-plug, the agent's `nics` verb); names follow both ways; `disconnect` takes the
+    address, then the NIC, then the tap away, and the peers stop resolving it."""
+    nics_before = sh(hv, "nt-other", "ls /sys/class/net").stdout.split()
+    t0 = time.monotonic()
+    hv("network", "connect", "--alias", "omega-live", "nt-a", "nt-other", check=True)
+    took = time.monotonic() - t0
+    ip = ip_of(hv, "nt-other", "nt-a")
+    assert ip and f"inet {ip}/" in sh(hv, "nt-other", "ip -4 -o addr").stdout
+    doc = json.loads(hv("inspect", "nt-other", check=True).stdout)[0]
+    assert sorted(doc["NetworkSettings"]["Networks"]) == ["nt-a", "nt-b"]
+    assert doc["NetworkSettings"]["Networks"]["nt-a"]["Aliases"] == ["omega-live"]
+    # both ways, by name and alias, at once: the hosts files were pushed
+    assert sh(hv, "nt-other", "ping -c1 -W2 nt-web").returncode == 0
+    assert sh(hv, "nt-web", "ping -c1 -W2 omega-live").returncode == 0
+    assert "hello-from-" in sh(hv, "nt-web", "nc nt-other 8080 </dev/null").stdout
+    p = hv("network", "connect", "nt-a", "nt-other")
+    assert p.returncode == 1
+    assert "endpoint with name nt-other already exists in network nt-a" in one_error(p)
+    net = json.loads(hv("network", "inspect", "nt-a", check=True).stdout)[0]
+    assert net["Containers"][doc["Id"]]["IPv4Address"].startswith(ip + "/")
+
+    hv("network", "disconnect", "nt-a", "nt-other", check=True)
+    assert f"inet {ip}/" not in sh(hv, "nt-other", "ip -4 -o addr").stdout
+    assert sh(hv, "nt-other", "ls /sys/class/net").stdout.split() == nics_before
+    assert not resolves(hv, "nt-web", "nt-other") and not resolves(hv, "nt-web", "omega-live")
+    assert sh(hv, "nt-web", f"ping -c1 -W1 {ip}").returncode != 0
+    doc = json.loads(hv("inspect", "nt-other", check=True).stdout)[0]
+    assert list(doc["NetworkSettings"]["Networks"]) == ["nt-b"]
+    # nt-other's own network still works, and so does the container
+    assert "hello-from-" in sh(hv, "nt-other", "nc 127.0.0.1 8080 </dev/null").stdout
+    print(f"connect of a running container: {took:.2f} s")
 
 
 def test_connect_and_disconnect_a_stopped_container_apply_at_start(hv, trio):
@@ -310,6 +347,13 @@ def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox
         assert "host-ok" not in p.stdout, p.stdout  # no way out ...
         assert "probed\nhello-from-" in p.stdout, p.stderr  # ... but its peers by name
         assert sh(hv, "nt-isrv", "echo via-agent").stdout == "via-agent\n"  # the agent's forward
+        # its resolver knows its peers and, with no way out, fails other names at once
+        # (SERVFAIL from the agent: the query goes nowhere)
+        t0 = time.monotonic()
+        p = sh(hv, "nt-isrv", "nslookup outside.invalid")
+        assert p.returncode != 0 and "SERVFAIL" in p.stdout + p.stderr, (p.stdout, p.stderr)
+        assert time.monotonic() - t0 < 5
+        assert "Address: 10.233.0." in sh(hv, "nt-isrv", "nslookup nt-isrv").stdout
         port = hv("port", "nt-isrv", "8080", check=True).stdout.split(":")[-1].strip()
         # -p's forward; SERVE answers one client at a time (3 s each) and the peer above
         # may still hold it: a connection the guest refuses reads as EOF, so try again

@@ -120,3 +120,24 @@ def test_ssh_keys_go_together() -> None:
     with pytest.raises(ValueError):
         seed_files(GuestSpec("k", ["true"], [], ssh_host_key=HOST_KEY))
     assert "authorized_keys" not in seed_files(GuestSpec("k", ["true"], []))
+
+
+def test_embedded_dns_upstream_and_its_resolv_conf() -> None:
+    """A container on a user-defined network: seed `dns` names the upstream, resolv.conf the
+    agent's resolver as Docker's (127.0.0.11, ndots:0 unless given)."""
+    from types import SimpleNamespace
+
+    from hv.engine.create import _resolv_conf
+
+    files = seed_files(GuestSpec("a", ["true"], [], dns="10.0.2.3"))
+    assert files["dns"] == b"10.0.2.3"
+    with pytest.raises(ValueError):
+        seed_files(GuestSpec("a", ["true"], [], dns="2001:db8::53"))
+    plain = SimpleNamespace(dns=[], dns_search=[], dns_options=[])
+    assert _resolv_conf(plain) is None
+    assert _resolv_conf(plain, embedded=True) == "nameserver 127.0.0.11\noptions ndots:0\n"
+    flags = SimpleNamespace(dns=["192.0.2.53"], dns_search=["example.test"],
+                            dns_options=["ndots:2", "timeout:1"])
+    assert _resolv_conf(flags, embedded=True) == ("nameserver 127.0.0.11\nsearch example.test\n"
+                                                  "options ndots:2 timeout:1\n")
+    assert _resolv_conf(flags).startswith("nameserver 192.0.2.53\n")
