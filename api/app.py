@@ -65,8 +65,15 @@ class Reaper:
     """`AutoRemove` containers made through the API: dockerd removes them when they exit,
     so the service does, after reading their exit code (which `wait` then answers)."""
 
-    def __init__(self, engine) -> None:
+    # a client that created a container and never starts it: how long its exit waits
+    UNSTARTED_GRACE = 60.0
+
+    def __init__(self, engine, unstarted: Callable[[str], bool] = lambda cid: False) -> None:
         self.engine = engine
+        # created and not started by its client yet (Service.fresh): hv's create boots the
+        # VM at once, and a warm one (the pool) may run a short command to its end before
+        # the client's attach and start arrive; removing it then answered that attach 404
+        self._unstarted = unstarted
         self._lock = threading.Lock()
         self._done: dict[str, threading.Event] = {}
         self._codes: dict[str, int | None] = {}
@@ -98,6 +105,9 @@ class Reaper:
             pass
         finally:
             self._codes[container.id] = code
+            deadline = time.monotonic() + self.UNSTARTED_GRACE
+            while self._unstarted(container.id) and time.monotonic() < deadline:
+                time.sleep(0.02)
             deadline = time.monotonic() + 10
             while self._readers.get(container.id) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -130,10 +140,10 @@ class Service:
         # (two threads collided on it); a create is ~1 s and libvirt's root serializes the
         # boots anyway
         self.creating = threading.Lock()
-        self.reaper = Reaper(engine)
         # created through the API and not started yet: hv's create boots the VM at once, so
         # an attach before `start` replays the output from the beginning
         self.fresh: set[str] = set()
+        self.reaper = Reaper(engine, unstarted=lambda cid: cid in self.fresh)
         # created for a client that will attach stdin: the guest waits for that attach
         self.await_attach: set[str] = set()
         # copies out of a container still finishing (a stopped one's maintenance VM)

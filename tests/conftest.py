@@ -46,6 +46,7 @@ def hv_root():
     os.environ["HV_ROOT"] = str(root)
     os.environ.setdefault("HV_GUEST_DIR", str(_default_cache() / "guest" / "current"))
     yield root
+    drain_pool(root)
     _destroy_all(root)
     leftovers = _qemu_pids(root)
     for pid in leftovers:
@@ -110,6 +111,17 @@ def _lingering(binary: bytes, root: Path, grace: float = 3.0) -> list[int]:
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.1)
+
+
+def drain_pool(root: Path) -> None:
+    """The warm pool's VMs of `root` gone (a run with HV_POOL=N leaves them, as it should):
+    before a root's leak checks and its removal, and where a test counts hv's links."""
+    from hv.config import Config
+    from hv.engine import Engine
+
+    config = Config.from_environ(dict(os.environ, HV_ROOT=str(root)))
+    if config.paths.pool_dir().is_dir():
+        Engine(config).drain_pool()
 
 
 def _destroy_all(root: Path) -> None:

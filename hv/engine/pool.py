@@ -72,15 +72,22 @@ class Pooling:
         """Can a pooled VM (default size, default NICs, no shares, no forwards but the
         agent's) be this container? Anything else boots cold, transparently."""
         return (self.config.pool > 0 and self.libvirt.embedded and _socket_fits(self.paths)
+                and self._pool_allowed()
                 and not mount_specs
                 and not published and memory == POOL_MEMORY_MIB and vcpus == 1 and not cpus
                 and not opts.networks and not opts.network_aliases and not opts.ip
                 and networks == self._pool_networks())
 
     def _pool_networks(self) -> list[str]:
+        return ["bridge"]
+
+    @staticmethod
+    def _pool_allowed() -> bool:
+        """Pooled VMs sit on the default `bridge`, as a root hv's containers do: an hv
+        without CAP_NET_ADMIN (user-mode networking only) neither fills nor claims."""
         from hv.network import datapath
 
-        return ["bridge"] if datapath.can_admin() else []
+        return datapath.can_admin()
 
     def _claim_pooled(self, image_id: str) -> str | None:
         """Take a ready pooled VM of `image_id`: its id, its folder now containers/.ID (a
@@ -199,7 +206,8 @@ class Pooling:
     def fill_pool(self, image_id: str) -> int:
         """Boot pooled VMs of `image_id` until the pool holds `pool` of them (dead ones
         go first); one filler per state root at a time. The number booted."""
-        if self.config.pool <= 0 or not self.libvirt.embedded or not _socket_fits(self.paths):
+        if self.config.pool <= 0 or not self.libvirt.embedded or not _socket_fits(self.paths) \
+                or not self._pool_allowed():
             return 0
         root = self.paths.pool_dir()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)

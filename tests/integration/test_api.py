@@ -654,7 +654,7 @@ def test_course_cleanup_script_with_the_real_docker(hv, test_images_dir, tmp_pat
     """On a state root of its own (it removes every image): no shim, `docker` is docker."""
     import tempfile
 
-    from tests.conftest import Hv, _qemu_pids
+    from tests.conftest import Hv, _qemu_pids, drain_pool
 
     own = Hv(Path(tempfile.mkdtemp(prefix="hva-", dir="/tmp")))
     own("load", "-i", str(test_images_dir / "busybox.oci.tar"), check=True)
@@ -694,6 +694,7 @@ def test_course_cleanup_script_with_the_real_docker(hv, test_images_dir, tmp_pat
         if svc.proc.poll() is None:
             svc.proc.send_signal(signal.SIGTERM)
             svc.proc.wait(timeout=20)
+        drain_pool(own.root)
         left = _qemu_pids(own.root)
         for pid in left:
             os.kill(pid, signal.SIGKILL)

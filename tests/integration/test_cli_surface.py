@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Hv, _qemu_pids
+from tests.conftest import Hv, _qemu_pids, drain_pool
 
 pytestmark = pytest.mark.vm
 
@@ -27,6 +27,7 @@ def private(test_images_dir):
     ids = h("ps", "-aq").stdout.split()
     if ids:
         h("rm", "-f", *ids)
+    drain_pool(root)
     left = _qemu_pids(root)
     for pid in left:
         os.kill(pid, 9)

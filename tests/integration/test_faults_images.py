@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Hv
+from tests.conftest import Hv, drain_pool
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -396,6 +396,7 @@ def test_killed_loads_leave_nothing_the_next_command_keeps(hv, test_images_dir):
         hv("load", "-i", str(test_images_dir / "busybox.oci.tar"), env=env, check=True)
         _killed_loads(hv, env, root, test_images_dir, started)
     finally:
+        drain_pool(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

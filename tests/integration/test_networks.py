@@ -421,7 +421,13 @@ def test_run_network_refusals_exit_125_and_leave_nothing(hv, busybox):
     assert datapath.hv_links(datapath.owner_tag(hv.root)) == before
 
 
-def _qemu_of(name: str) -> int | None:
+def _qemu_of(hv, name: str) -> int | None:
+    """The QEMU of container `name` (by its libvirt domain's name: a warm container's VM
+    keeps its pooled name)."""
+    p = hv("inspect", "-f", "{{.VM.Domain}}", name)
+    if p.returncode != 0:
+        return None
+    name = p.stdout.strip()
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
@@ -438,8 +444,8 @@ def test_a_killed_qemu_leaves_no_tap_after_the_next_run(hv, busybox):
     tap = f"hvt-{cid[:8]}-0"
     try:
         assert tap in datapath.hv_links(datapath.owner_tag(hv.root))
-        os.kill(_qemu_of("nt-kill"), signal.SIGKILL)
-        hv.wait_for(lambda: _qemu_of("nt-kill") is None, timeout=30)
+        os.kill(_qemu_of(hv, "nt-kill"), signal.SIGKILL)
+        hv.wait_for(lambda: _qemu_of(hv, "nt-kill") is None, timeout=30)
         hv("run", "--rm", "--network", "none", busybox, "true", check=True)
         assert tap not in datapath.hv_links(datapath.owner_tag(hv.root))
         # its records stay (a stopped container keeps its networks): start makes it again

@@ -247,6 +247,7 @@ def own_root(test_images_dir):
     ids = h("ps", "-aq").stdout.split()
     if ids:
         h("rm", "-f", *ids)
+    h("system", "prune", "-f")  # the warm pool's VMs too (HV_POOL), through the CLI
     left = _qemu_pids(root) + _virtiofsd_for(root)
     for pid in left:
         os.kill(pid, 9)
