@@ -225,6 +225,37 @@ class Bench:
         if rss:
             self.results["pooled idle VM RSS (MB)"] = rss
 
+    def checkpoint(self) -> None:
+        """`hv start --checkpoint` of a container holding 64 MB of touched memory (a tmpfs
+        file in the guest's RAM) against a cold `hv start` of the same container, alternated;
+        and the checkpoint's size."""
+        loop = ("head -c 67108864 /dev/urandom >/dev/shm/ballast; i=0; "
+                "while :; do i=$((i+1)); sleep 1; done")
+        self.run_hv("run", "-d", "--name", "bench-ck", "busybox", "sh", "-c", loop)
+        try:
+            deadline = time.monotonic() + 120
+            while "ballast" not in self.run_hv("exec", "bench-ck", "ls", "-l",
+                                               "/dev/shm").stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the ballast never appeared")
+                time.sleep(0.5)
+            time.sleep(2)  # written in full
+            self.run_hv("checkpoint", "create", "bench-ck", "b1")
+            size = self.run_hv("checkpoint", "ls", "bench-ck").stdout.splitlines()[1].split()[-1]
+            self.notes.append(f"checkpoint of a container with 64 MB touched: {size}")
+            restored, cold = [], []
+            for _ in range(REPEATS):
+                restored.append(timed([*self.hv, "start", "--checkpoint", "b1", "bench-ck"],
+                                      env=self.env, cwd=REPO))
+                self.run_hv("kill", "bench-ck")
+                cold.append(timed([*self.hv, "start", "bench-ck"], env=self.env, cwd=REPO))
+                self.run_hv("kill", "bench-ck")
+        finally:
+            subprocess.run([*self.hv, "rm", "-f", "bench-ck"], env=self.env, cwd=REPO,
+                           capture_output=True)
+        self.results["hv start --checkpoint (64 MB)"] = restored
+        self.results["hv start, cold (same container)"] = cold
+
     def seam(self) -> None:
         """exec latency and cp throughput, each against its baseline."""
         from hv.config import Config
@@ -329,6 +360,8 @@ def report(b: Bench, accel) -> None:
     ratio("hv exec c true", "runc exec c true", "hv exec / runc exec")
     ratio("hv run --rm, warm (HV_POOL=1)", "raw qemu, warm loop",
           "warm hv run / raw qemu cold boot", "(target <= 0.35)")
+    ratio("hv start --checkpoint (64 MB)", "hv start, cold (same container)",
+          "restore / cold start", "(target <= 0.5)")
     cp, ssh = f"hv cp {CP_MB} MB into c", f"OpenSSH cat > f, {CP_MB} MB"
     if cp in med and ssh in med:
         print(f"  {'hv cp throughput / OpenSSH':34s} {med[ssh] / med[cp]:9.2f}  (target >= 0.8)")
@@ -339,7 +372,8 @@ def report(b: Bench, accel) -> None:
 def main() -> int:
     from hv.runtime.accel import detect
 
-    sections = (os.environ.get("HV_BENCH_ONLY") or "boot,warm,seam,memory").split(",")
+    sections = (os.environ.get("HV_BENCH_ONLY") or "boot,warm,checkpoint,seam,memory").split(
+        ",")
     b = Bench()
     try:
         from hv.config import Config
@@ -347,11 +381,13 @@ def main() -> int:
         accel = detect(Config.from_environ().paths)
         if "boot" in sections:
             b.boot()
-        elif {"seam", "memory", "warm"} & set(sections):
+        elif {"seam", "memory", "warm", "checkpoint"} & set(sections):
             b.run_hv("load", "-i", str(b.images / "busybox.oci.tar"))
             b.raw_key = ""
         if "warm" in sections:
             b.warm()
+        if "checkpoint" in sections:
+            b.checkpoint()
         if "seam" in sections:
             b.seam()
         if "memory" in sections:

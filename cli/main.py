@@ -437,11 +437,18 @@ def start(
     containers: Annotated[list[str], typer.Argument()],
     attach: Annotated[bool, typer.Option("-a", "--attach", help="attach STDOUT/STDERR")] = False,
     interactive: Annotated[bool, typer.Option("-i", "--interactive", help="attach STDIN")] = False,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="restore from this checkpoint")] = None,
 ) -> None:
     """Start stopped containers."""
     from hv.errors import UsageError
 
     engine = _engine()
+    if checkpoint is not None:
+        if len(containers) > 1 or attach or interactive:
+            raise UsageError("--checkpoint restores one container, without -a/-i",
+                             hint="hv start --checkpoint NAME CONTAINER")
+        engine.start_from_checkpoint(containers[0], checkpoint)
+        return
     if (attach or interactive) and len(containers) > 1:
         raise UsageError("you cannot start and attach multiple containers at once",
                          hint="start them without -a/-i, or one at a time")
@@ -586,6 +593,7 @@ def _register_extras() -> None:
     __import__("cli.compare_cmd").compare_cmd.register(app)  # hv compare
     __import__("cli.events_cmd").events_cmd.register(app)  # hv events
     __import__("cli.network_cmds").network_cmds.register(app)  # hv network
+    __import__("cli.checkpoint_cmds").checkpoint_cmds.register(app)  # hv checkpoint
 
 
 _register_extras()

@@ -124,6 +124,9 @@ class Container:
         if started_at is None:
             return State("created", False, 0, None, None)
         finished_at = _mtime(self.paths.container_status(cid)) or started_at
+        if self.paths.container_dir(cid).joinpath("checkpointed").exists():
+            # stopped by `checkpoint create` (hv.engine.checkpoints), as Docker shows it
+            return State("exited", False, 0, started_at, finished_at)
         if status.exit_code is not None:
             return State("exited", False, status.exit_code, started_at, finished_at,
                          status.error or "")

@@ -14,10 +14,12 @@
  *   tar-in DIR                   extract the tar on stdin into DIR
  *   hosts                        stdin becomes the container's /etc/hosts
  *   nics                         stdin: the container's hv NICs now (hv-nics configures them)
+ *   resume TIME ENTROPY          after a checkpoint's restore: the clock set, entropy credited
  *   ready                        prints "ok"
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <linux/random.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -688,6 +691,37 @@ static int verb_hosts(int n)
 	return 0;
 }
 
+/* A restored checkpoint runs on from the moment it was saved: its wall clock is behind by
+ * the time it lay on disk, and its RNG would replay the state of every other restore of the
+ * same checkpoint. TIME is the host's "SECONDS.NANOSECONDS"; ENTROPY fresh random bytes from
+ * the host, credited to the kernel's pool (RNDADDENTROPY), which reseeds it. */
+static int verb_resume(struct arg *a, int n)
+{
+	if (n != 2 || a[1].len == 0 || a[1].len > 512)
+		die(125, "usage: resume SECONDS.NANOSECONDS ENTROPY");
+	char *dot = NULL;
+	struct timespec ts = {.tv_sec = strtoll(a[0].b, &dot, 10)};
+	if (dot && *dot == '.') {
+		char frac[10] = "000000000";
+		size_t l = strlen(dot + 1);
+		memcpy(frac, dot + 1, l > 9 ? 9 : l);
+		ts.tv_nsec = strtol(frac, NULL, 10);
+	}
+	if (ts.tv_sec <= 0 || clock_settime(CLOCK_REALTIME, &ts) != 0)
+		die(1, "resume: cannot set the clock: %s", strerror(errno));
+	struct {
+		int entropy_count;
+		int buf_size;
+		unsigned char buf[512];
+	} e = {.entropy_count = (int)a[1].len * 8, .buf_size = (int)a[1].len};
+	memcpy(e.buf, a[1].b, a[1].len);
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, RNDADDENTROPY, &e) != 0)
+		die(1, "resume: cannot add entropy: %s", strerror(errno));
+	close(fd);
+	return 0;
+}
+
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
 int session_main(void)
@@ -734,6 +768,8 @@ int session_main(void)
 		return verb_tar_in(a, n);
 	if (strcmp(verb, "hosts") == 0)
 		return verb_hosts(n);
+	if (strcmp(verb, "resume") == 0)
+		return verb_resume(a, n);
 	if (strcmp(verb, "nics") == 0) {
 		if (n != 0)
 			die(125, "usage: nics (the NIC list on stdin)");

@@ -233,7 +233,7 @@ class Creating:
 
     def _boot(self, record: Record, xml: str | None = None, via=None) -> None:
         """Start the domain (defining it from `xml` the first time), then its forwards."""
-        from hv.runtime import domains, forwards
+        from hv.runtime import domains
 
         cid = record.id
         self.paths.container_status(cid).write_bytes(b"")  # libvirt appends; one boot's lines
@@ -241,12 +241,11 @@ class Creating:
         _reserve(self.paths.container_log(cid), LOG_RESERVE)
         _reserve(self.paths.container_console(cid), CONSOLE_RESERVE)
         for f in (self.paths.container_ssh_port(cid), self.paths.container_ports(cid),
-                  self.paths.container_dir(cid) / "warm"):
+                  self.paths.container_dir(cid) / "warm",
+                  self.paths.container_dir(cid) / "checkpointed"):  # hv.engine.checkpoints
             f.unlink(missing_ok=True)
         self.paths.container_started(cid).write_text(f"{time.time():.9f}")
-        wanted = [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
-            forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
-            for p in record.ports]
+        wanted = _forwards(record)
         if xml is not None:
             bound = domains.start(self.libvirt, xml, record.domain_name,
                                   persistent=not record.auto_remove,
@@ -255,6 +254,11 @@ class Creating:
             # a Created `--rm` container is defined (persistent) until its first start
             bound = domains.start_defined(self.libvirt, record.domain_name, forwards=wanted,
                                           transient=record.auto_remove)
+        self._note_forwards(record, bound)
+
+    def _note_forwards(self, record: Record, bound: list) -> None:
+        """The agent's SSH port and -p's host ports as QEMU bound them (`_forwards`)."""
+        cid = record.id
         self.paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
         self.paths.container_ports(cid).write_text(json.dumps([
             dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
@@ -345,6 +349,15 @@ class Creating:
         warnings.append(text)
         with contextlib.suppress(OSError):
             marker.write_text(text + "\n")
+
+
+def _forwards(record: Record) -> list:
+    """What a boot forwards on the user-mode NIC: the agent's SSH, then each `-p`."""
+    from hv.runtime import forwards
+
+    return [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
+        forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
+        for p in record.ports]
 
 
 def _resolv_conf(record: Record, embedded: bool = False) -> str | None:

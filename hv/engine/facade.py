@@ -15,6 +15,7 @@ from hv.config import Config
 from hv.containers import Container
 from hv.context import Context
 from hv.engine.archive import Archive
+from hv.engine.checkpoints import Checkpoints
 from hv.engine.create import Creating
 from hv.engine.events import Events
 from hv.engine.execs import Execs
@@ -26,7 +27,7 @@ from hv.engine.store import ContainerStore
 
 
 class Engine(ContainerStore, Creating, Lifecycle, Inside, Execs, Archive, Events, Networks,
-             Pooling):
+             Pooling, Checkpoints):
     def __init__(self, config: Config, context: Context | None = None) -> None:
         """`context`: one made for this Config already (hv.engine.early)."""
         self.config = config

@@ -30,7 +30,8 @@ STDIN_EOF = 4
 RESIZE = 5
 
 # Verbs of `hv-init --session`.
-VERBS = ("exec", "signal", "attach", "top", "stat", "tar-out", "tar-in", "hosts", "nics", "ready")
+VERBS = ("exec", "signal", "attach", "top", "stat", "tar-out", "tar-in", "hosts", "nics", "resume",
+         "ready")
 EXIT_BAD_REQUEST = 125  # unknown verb or malformed arguments
 
 

@@ -388,6 +388,57 @@ def detach_nic(lv: Libvirt, name: str, xml: str, mac: str, timeout: float = 15.0
     lv.call(_plug_nic, name, xml, mac.lower(), False, timeout)
 
 
+def _save(conn, name: str, path: str) -> None:
+    import libvirt
+
+    dom = lookup(conn, name)
+    if dom is None or not attempt(lambda: bool(dom.isActive()), False):
+        raise Conflict("the container stopped meanwhile", hint="a checkpoint needs a "
+                       "running container", exit_code=1)
+    try:
+        dom.saveFlags(path, None, 0)
+    except libvirt.libvirtError as e:
+        raise translate(e, "cannot save the VM's state") from None
+
+
+def save(lv: Libvirt, name: str, path: str) -> None:
+    """The running domain's memory and device state written to `path` (libvirt's save:
+    QEMU migrates to the file, then stops); the domain is left defined and inactive."""
+    lv.call(_save, name, path)
+
+
+def _restore(conn, path: str, name: str, fwds: list) -> list:
+    import libvirt
+
+    # a QEMU that exited with no libvirt process watching is noticed by this connection's
+    # reconnect, in a thread of its own; a restore before that finds the domain "active"
+    dom = lookup(conn, name)
+    deadline = time.monotonic() + 10
+    while dom is not None and attempt(lambda: bool(dom.isActive()), False) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+    except libvirt.libvirtError as e:
+        raise translate(e, "cannot restore the VM's state") from None
+    if not fwds:
+        return []
+    from hv.runtime.forwards import add_on
+
+    dom = conn.lookupByName(name)
+    try:
+        return add_on(dom, fwds)
+    except BaseException:
+        _destroy(conn, name, undefine=False)
+        raise
+
+
+def restore(lv: Libvirt, path: str, name: str, forwards: list | None = None) -> list:
+    """Run a domain again from the state `save` wrote (its persistent definition kept),
+    then add `forwards` (QEMU's user networking restarts empty); the forwards as bound."""
+    return lv.call(_restore, path, name, list(forwards or []))
+
+
 def _is_active(conn, name: str) -> bool | None:
     dom = lookup(conn, name)
     return None if dom is None else attempt(lambda: bool(dom.isActive()))
