@@ -131,11 +131,10 @@ class Checkpoints:
     def _restore(self, c: Container, path: Path) -> Container:
         from hv import guestops, restart
         from hv.engine.create import _forwards
+        from hv.engine.lifecycle import _wait_gone
         from hv.guest import mux
         from hv.guest.attach import session_command
         from hv.runtime import domains
-
-        from hv.engine.lifecycle import _wait_gone
 
         cid = c.id
         _wait_gone(self, c)  # a guest that just exited: its QEMU may still be going

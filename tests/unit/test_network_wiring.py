@@ -145,6 +145,18 @@ def test_network_verbs_through_the_cli(tmp_path):
 
 
 def test_run_network_flag_errors_exit_125(tmp_path):
+    from hv.config import Config
+
+    # `run` opens libvirt from its first line; this deep root gets a short link in /tmp
+    link = Config.from_environ({"HV_ROOT": str(tmp_path)}).paths.libvirt_root()
+    try:
+        _run_network_flag_errors(tmp_path)
+    finally:
+        if link.is_symlink():
+            link.unlink()
+
+
+def _run_network_flag_errors(tmp_path):
     for args, text in [
         (("--network", "host"), 'network mode "host" is not supported'),
         (("--network", "nosuch"), "network nosuch not found"),
