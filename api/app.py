@@ -67,6 +67,8 @@ class Reaper:
 
     # a client that created a container and never starts it: how long its exit waits
     UNSTARTED_GRACE = 60.0
+    # after the start, how long the removal waits for a client's wait to be there
+    WAITER_GRACE = 5.0
 
     def __init__(self, engine, unstarted: Callable[[str], bool] = lambda cid: False) -> None:
         self.engine = engine
@@ -78,6 +80,7 @@ class Reaper:
         self._done: dict[str, threading.Event] = {}
         self._codes: dict[str, int | None] = {}
         self._readers: dict[str, int] = {}  # attach replays still reading the output
+        self._waited: set[str] = set()  # containers a client waits on
 
     @contextlib.contextmanager
     def reading(self, cid: str) -> Iterator[None]:
@@ -108,6 +111,12 @@ class Reaper:
             deadline = time.monotonic() + self.UNSTARTED_GRACE
             while self._unstarted(container.id) and time.monotonic() < deadline:
                 time.sleep(0.02)
+            # the docker CLI sends its wait (condition=removed) from a goroutine, which may
+            # arrive after the start; a container already done by then (warm, short) would
+            # be gone and the wait answered 404
+            deadline = time.monotonic() + self.WAITER_GRACE
+            while container.id not in self._waited and time.monotonic() < deadline:
+                time.sleep(0.02)
             deadline = time.monotonic() + 10
             while self._readers.get(container.id) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -116,12 +125,14 @@ class Reaper:
             except HvError as e:
                 LOG.warning("removing %s: %s", container.name, e)
             self._done[container.id].set()
+            self._waited.discard(container.id)
 
     def watching(self, cid: str) -> bool:
         return cid in self._done
 
     def exit_code(self, cid: str, gone: Callable[[], bool]) -> int | None:
         """The exit code once the container exited and was removed (None: the client left)."""
+        self._waited.add(cid)
         done = self._done[cid]
         while not done.wait(0.2):
             if gone():

@@ -45,12 +45,17 @@ def routes(svc) -> list:
         exposed = engine.images.get(image).run_config.get("ExposedPorts") or {}
         opts, warnings = translate.run_options(body, req.arg("name"), exposed)
         wanted_labels = _labels(body.get("Labels"))  # checked before anything is made
+        # a client that will attach (docker run without -d): the main process waits for
+        # that attach or the start (a warm VM ran a short command to its end before either
+        # came, and an AutoRemove one was gone)
+        hold = not opts.detach or any(body.get(k) for k in ("AttachStdin", "AttachStdout",
+                                                             "AttachStderr"))
         with svc.creating:  # engine.create is not thread-safe (see Service.creating)
-            created = engine.create(opts)
+            created = engine.create(opts, hold=hold)
         c = created.container
         engine.set_labels(c.id, wanted_labels)
         svc.fresh.add(c.id)
-        if not opts.detach:
+        if hold:
             svc.await_attach.add(c.id)
         if opts.auto_remove:
             svc.reaper.watch(c)
@@ -81,11 +86,13 @@ def routes(svc) -> list:
     def start(req: Request, ref: str) -> Response:
         c = _settled(engine, svc, ref)
         if c.id in svc.fresh:
-            svc.fresh.discard(c.id)
-            if c.id in svc.await_attach:  # nobody attached: let the main process go
-                svc.await_attach.discard(c.id)
-                _release(engine, c.id)
-            _started(engine, c)
+            try:
+                if c.id in svc.await_attach:  # nobody attached: let the main process go
+                    svc.await_attach.discard(c.id)
+                    _release(engine, c.id)
+                _started(engine, c)
+            finally:  # then an AutoRemove one that is done already may go (Reaper)
+                svc.fresh.discard(c.id)
             return Response(204)
         if c.active:
             raise NotModified("container already started")

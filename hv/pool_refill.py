@@ -1,5 +1,6 @@
-"""The pool's refiller (`python -m hv.pool_refill IMAGE_ID`): boots pooled VMs of one image
-until the pool holds HV_POOL of them, then exits. Detached from the `run` that started it;
+"""The pool's refiller (`python -m hv.pool_refill IMAGE_ID [ASKED_AT]`): boots pooled VMs
+of one image until the pool holds HV_POOL of them, then exits (at once if the pool was
+drained after ASKED_AT, the time of the run that asked). Detached from the `run` that started it;
 one at a time per state root fills (Pooling.fill_pool takes a flock), so a burst of runs
 starts one refiller that does the work and the others exit at once.
 
@@ -20,8 +21,8 @@ from hv.errors import HvError
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m hv.pool_refill IMAGE_ID\n")
+    if len(argv) not in (1, 2):
+        sys.stderr.write("usage: python -m hv.pool_refill IMAGE_ID [ASKED_AT]\n")
         return 2
     from hv.engine.lifecycle import _become_subreaper
 
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
     engine = Engine(Config.from_environ())
     code = 0
     try:
-        engine.fill_pool(argv[0])
+        engine.fill_pool(argv[0], float(argv[1]) if len(argv) == 2 else None)
     except HvError as e:
         sys.stderr.write(f"hv pool: {e.message}\n")
         code = 1

@@ -42,10 +42,12 @@ CONSOLE_RESERVE = 64 * 1024
 
 class Creating:
     def create(self, opts: RunOptions, progress: Callable | None = None,
-               start: bool = True) -> Created:
+               start: bool = True, hold: bool = False) -> Created:
         """Validate, pull if needed (its events, 'Unable to find image' first, go to
         `progress`), make the disk and seed, start the VM. `start=False` (`hv create`):
-        the domain is defined only, the container is Created until `start`."""
+        the domain is defined only, the container is Created until `start`. `hold`: the
+        VM boots, but its main process waits for a first attach (or a release), as with
+        `-i` (the Engine API's create: nothing runs before the client's attach or start)."""
         memory = parse_memory(opts.memory) if opts.memory else DEFAULT_MEMORY_MIB
         vcpus, cpus = parse_cpus(opts.cpus) if opts.cpus else (1, 0.0)
         name = check_name(opts.name) if opts.name else None
@@ -168,7 +170,8 @@ class Creating:
                 record.base_disk = str(base)
                 if not warm:
                     _make_overlay(self.paths, base, self.paths.container_disk(cid))
-                self._write_seed(record, wait_attach=opts.interactive and not opts.detach,
+                waits = hold or (opts.interactive and not opts.detach)
+                self._write_seed(record, wait_attach=waits,
                                  first_boot=True)
                 interfaces = self._interfaces(cid)
                 restrict = self._restricted(record)
@@ -178,7 +181,7 @@ class Creating:
                 xml = _domain_xml(self.ctx, self.volumes, record, accel, assets, interfaces,
                                   restrict=restrict)
                 if warm and start:
-                    self._hand_over(record, xml, opts.interactive and not opts.detach,
+                    self._hand_over(record, xml, waits,
                                     via=opened)
                 elif warm:  # `create`: the VM stays reserved, waiting, until `start`
                     from hv.runtime import domains

@@ -201,11 +201,14 @@ class Pooling:
             return
         from hv.detached import spawn_module
 
-        spawn_module("hv.pool_refill", [image_id], self.config.child_environ())
+        spawn_module("hv.pool_refill", [image_id, f"{time.time():.6f}"],
+                     self.config.child_environ())
 
-    def fill_pool(self, image_id: str) -> int:
+    def fill_pool(self, image_id: str, asked_at: float | None = None) -> int:
         """Boot pooled VMs of `image_id` until the pool holds `pool` of them (dead ones
-        go first); one filler per state root at a time. The number booted."""
+        go first); one filler per state root at a time. The number booted. `asked_at`:
+        when the refill was asked for; a drain since then (prune, the service's stop, a
+        test's clean-up) wins, so a refiller slow to start never refills behind it."""
         if self.config.pool <= 0 or not self.libvirt.embedded or not _socket_fits(self.paths) \
                 or not self._pool_allowed():
             return 0
@@ -215,6 +218,8 @@ class Pooling:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                return 0
+            if asked_at is not None and _drained_at(root) >= asked_at:
                 return 0
             self._sweep_pool()
             booted = 0
@@ -303,6 +308,7 @@ class Pooling:
                     if time.monotonic() > deadline:
                         break  # drain anyway
                     time.sleep(0.05)
+            (root / ".drained").write_text(f"{time.time():.6f}")
             return self._drain()
 
     def _drain(self) -> int:
@@ -324,6 +330,13 @@ class Pooling:
                         if time.time() - d.stat().st_mtime >= min_age:
                             out.append(d)
         return out
+
+
+def _drained_at(root: Path) -> float:
+    try:
+        return float((root / ".drained").read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _socket_fits(paths) -> bool:
