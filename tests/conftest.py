@@ -115,13 +115,16 @@ def _lingering(binary: bytes, root: Path, grace: float = 3.0) -> list[int]:
 
 def drain_pool(root: Path) -> None:
     """The warm pool's VMs of `root` gone (a run with HV_POOL=N leaves them, as it should):
-    before a root's leak checks and its removal, and where a test counts hv's links."""
-    from hv.config import Config
-    from hv.engine import Engine
-
-    config = Config.from_environ(dict(os.environ, HV_ROOT=str(root)))
-    if config.paths.pool_dir().is_dir():
-        Engine(config).drain_pool()
+    before a root's leak checks and its removal, and where a test counts hv's links. In a
+    child: opening libvirt here would set LIBVIRT_LOG_OUTPUTS in this process's environment
+    for every later hv the suite starts."""
+    if not (root / "pool").is_dir():
+        return
+    subprocess.run([sys.executable, "-c", "from hv.config import Config\n"
+                    "from hv.engine import Engine\n"
+                    "Engine(Config.from_environ()).drain_pool()"],
+                   env=dict(os.environ, HV_ROOT=str(root), PYTHONPATH=str(REPO)), cwd=REPO,
+                   check=True, timeout=180)
 
 
 def _destroy_all(root: Path) -> None:

@@ -59,6 +59,13 @@ class Checkpoints:
                            hint="checkpoints work for containers without -v/--mount; keep "
                            "data in the container's own disk or copy it out with 'hv cp'",
                            exit_code=1)
+        if self.paths.container_dir(c.id).joinpath("warm").exists():
+            # QEMU cannot save a VM booted for the pool (its block devices refuse to be
+            # inactivated: "bdrv_inactivate_all() failed"); a restart boots it cold
+            raise Conflict(f"cannot checkpoint container {c.name}: it runs in a VM booted "
+                           "ahead for the warm pool", hint=f"restart it first ('hv restart "
+                           f"{c.name}': it then boots cold), or run it with HV_POOL=0",
+                           exit_code=1)
         top = self.paths.container_dir(c.id) / "checkpoints"
         final = top / name
         if final.exists():

@@ -111,6 +111,20 @@ BAD = [
 STDOUT_OK = {"inspect nosuch-ctr": "[]\n", "volume inspect nosuch-vol": "[]\n"}
 
 
+def _qemu_not_pooled(root) -> list[int]:
+    """This root's QEMUs but the warm pool's own (HV_POOL: refilled in the background)."""
+    pooled = {p.name for p in (root / "pool").iterdir()} if (root / "pool").is_dir() else set()
+    out = []
+    for pid in _qemu_pids(root):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if not any(f"/pool/{i}/".encode() in cmd for i in pooled):
+            out.append(pid)
+    return out
+
+
 def _state(hv) -> dict:
     return {
         "containers": hv("ps", "-aq", "--no-trunc", check=True).stdout.split(),
@@ -118,7 +132,7 @@ def _state(hv) -> dict:
         "networks": hv("network", "ls", "-q", check=True).stdout.split(),
         "folders": sorted(p.name for p in (hv.root / "containers").iterdir())
         if (hv.root / "containers").is_dir() else [],
-        "qemu": sorted(_qemu_pids(hv.root)),
+        "qemu": sorted(_qemu_not_pooled(hv.root)),
     }
 
 
