@@ -26,7 +26,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-
   docker-compose \
   $(KERNEL_BUILD_PACKAGES)
 
-.PHONY: setup apt venv guest images demo test test-unit bench lint clean-state
+.PHONY: setup apt venv guest images demo test test-pool test-unit bench lint clean-state
 
 setup: apt venv guest images
 
@@ -76,8 +76,14 @@ demo: setup
 	    "fix: $(SUDO) apt-get install $(KERNEL_BUILD_PACKAGES) && make demo"; \
 	fi
 
+# the whole suite twice: cold boots only, then with a warm pool of one VM per image (HV_POOL,
+# docs/warm-pool.md), so that everything a cold start gives a warm start gives too
 test: setup
-	HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests
+	HV_POOL=0 HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests
+	HV_POOL=1 HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests
+
+test-pool: setup
+	HV_POOL=1 HV_GUEST_DIR=$(GUEST) HV_TEST_IMAGES=$(IMAGES) $(PY) -m pytest -q -ra tests
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

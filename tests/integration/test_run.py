@@ -311,13 +311,16 @@ def test_no_cgroup_is_made_for_a_container(hv, busybox):
     p = hv("run", "-d", "--name", name, busybox, "sleep", "60")
     assert p.returncode == 0, p.stderr
     try:
-        pidfile = _hv_path(hv.root, "libvirt_root_dir") / "run" / "qemu" / f"{name}.pid"
+        # a warm container's VM keeps its pooled domain's name (HV_POOL)
+        dom = hv("inspect", "-f", "{{.VM.Domain}}", name, check=True).stdout.strip()
+        pidfile = _hv_path(hv.root, "libvirt_root_dir") / "run" / "qemu" / f"{dom}.pid"
         pid = int(pidfile.read_text())
         own = Path("/proc/self/cgroup").read_text()
         assert Path(f"/proc/{pid}/cgroup").read_text() == own  # where hv is, nothing new
     finally:
         hv("rm", "-f", name)
-    made = [d for d in Path("/sys/fs/cgroup").glob("*/machine*/*") if name in d.name]
+    made = [d for d in Path("/sys/fs/cgroup").glob("*/machine*/*")
+            if name in d.name or dom in d.name]
     assert made == []
 
 
