@@ -29,11 +29,12 @@ def ls(container: Annotated[str, typer.Argument(metavar="CONTAINER")]) -> None:
     """List a container's checkpoints."""
     import time
 
+    from cli.formatting import human_size
     from hv.timefmt import human_duration
 
     cps = _engine().checkpoint_list(container)
     rows = [("CHECKPOINT NAME", "CREATED", "SIZE")] + [
-        (cp.name, f"{human_duration(time.time() - cp.created)} ago", _size(cp.size))
+        (cp.name, f"{human_duration(time.time() - cp.created)} ago", human_size(cp.size))
         for cp in cps]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
@@ -46,14 +47,6 @@ def rm(
 ) -> None:
     """Remove a checkpoint."""
     _engine().checkpoint_remove(container, checkpoint)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
-        n /= 1000
-    return f"{n}B"
 
 
 def register(app: typer.Typer) -> None:
