@@ -280,8 +280,10 @@ class Networks:
 
         from hv.network import ops
 
-        if not record.networks or not any(
-                n.user_defined for n, _ in ops.endpoints_of(self.paths.state_root(), record.id)):
+        if all(n in ("bridge", "none") for n in record.networks):  # every default `run`:
+            return None  # no user-defined network, no need to read the network records
+        if not any(n.user_defined
+                   for n, _ in ops.endpoints_of(self.paths.state_root(), record.id)):
             return None
         if self._restricted(record):
             return "0.0.0.0"  # no way out: the resolver answers SERVFAIL for other names
