@@ -528,7 +528,7 @@ def port(
         bound = [b for b in bound if str(b["container_port"]) == num
                  and b["proto"] == (proto or "tcp")]
         if not bound:
-            raise NotFound(f"No public port '{private}' published for {c.name}",
+            raise NotFound(f"No public port '{num}/{proto or 'tcp'}' published for {c.name}",
                            hint=f"see 'hv port {c.name}'")
         for b in bound:
             sys.stdout.write(f"{b['host_ip']}:{b['host_port']}\n")

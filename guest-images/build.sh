@@ -125,9 +125,8 @@ mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,seed,c,etc,usr}
 
 # Stage 1 and stage 2 of the agent.
 install -m 0755 "$AGENT/init" "$R/init"
-install -m 0755 "$AGENT/nics" "$R/sbin/hv-nics"  # the `nics` verb (hot-plugged NICs)
 gcc -static -Os -Wall -Wextra -o "$R/sbin/hv-init" "$AGENT"/hv-init.c "$AGENT"/proc.c \
-	"$AGENT"/session.c "$AGENT"/dns.c
+	"$AGENT"/session.c "$AGENT"/dns.c "$AGENT"/netns.c
 strip "$R/sbin/hv-init"
 
 # busybox with its applets as links (so the script and, later, sshd sessions have a shell).

@@ -14,6 +14,7 @@
 #define ATTACH_SOCK RUN_DIR "/attach.sock"
 #define MAIN_PID_FILE RUN_DIR "/main.pid"
 #define HOST_KEY_FILE RUN_DIR "/ssh_host_ed25519_key"
+#define NETNS_FILE RUN_DIR "/netns" /* the container's network namespace (netns.c) */
 #define BUSYBOX "/bin/busybox"
 
 /* Frame types (hv.log and the attach socket share the 16-byte header). */
@@ -51,6 +52,10 @@ void run_child(struct proc_spec *ps) __attribute__((noreturn));
 
 /* The SSH ForceCommand (session.c). */
 int session_main(void);
+
+/* The container's NICs and network namespace (netns.c). */
+int enter_netns(void);
+int nics_main(int argc, char **argv);
 
 /* The embedded resolver on 127.0.0.11 (dns.c). */
 int dns_main(int argc, char **argv);

@@ -168,6 +168,11 @@ int dns_main(int argc, char **argv)
 		fprintf(stderr, "hv-init --dns: bad address %s\n", argc == 5 ? argv[4] : argv[3]);
 		return 125;
 	}
+	if (enter_netns()) { /* the container's 127.0.0.11, and its way out */
+		fprintf(stderr, "hv-init --dns: cannot enter the container's network namespace: %s\n",
+			strerror(errno));
+		return 1;
+	}
 	int lfd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	int ufd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (lfd < 0 || ufd < 0 || bind(lfd, (struct sockaddr *)&me, sizeof me) != 0) {

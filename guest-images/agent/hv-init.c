@@ -521,6 +521,8 @@ int main(int argc, char **argv)
 		return session_main();
 	if (argc >= 2 && strcmp(argv[1], "--dns") == 0)
 		return dns_main(argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "--nics") == 0)
+		return nics_main(argc, argv);
 	if (getpid() == 1)
 		reboot(RB_DISABLE_CAD); /* ctrl-alt-del becomes SIGINT to us: a stop request */
 	signal(SIGPIPE, SIG_IGN);

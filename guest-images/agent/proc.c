@@ -247,6 +247,9 @@ void run_child(struct proc_spec *ps)
 	int nenv = ps->nenv;
 	err_fd = ps->err_fd;
 	exec_mode = ps->exec_mode;
+	if (enter_netns())
+		child_fail(125, 1, "cannot enter the container's network namespace: %s",
+			   strerror(errno));
 	if (chroot(ps->root) || chdir("/"))
 		child_fail(125, 1, "cannot enter the container root %s: %s", ps->root,
 			   strerror(errno));

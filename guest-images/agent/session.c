@@ -13,7 +13,7 @@
  *   tar-out FOLLOW PATH          tar of PATH on stdout
  *   tar-in DIR                   extract the tar on stdin into DIR
  *   hosts                        stdin becomes the container's /etc/hosts
- *   nics                         stdin: the container's hv NICs now (hv-nics configures them)
+ *   nics                         stdin: the container's hv NICs now (netns.c configures them)
  *   resume TIME ENTROPY          after a checkpoint's restore: the clock set, entropy credited
  *   ready                        prints "ok"
  */
@@ -773,8 +773,7 @@ int session_main(void)
 	if (strcmp(verb, "nics") == 0) {
 		if (n != 0)
 			die(125, "usage: nics (the NIC list on stdin)");
-		execl("/bin/sh", "sh", "/sbin/hv-nics", (char *)NULL);
-		die(126, "/sbin/hv-nics: %s", strerror(errno));
+		return nics_main(2, (char *[]){"hv-init", "--nics", NULL});
 	}
 	die(125, "unknown verb: %s", verb);
 }

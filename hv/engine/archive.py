@@ -66,8 +66,7 @@ class Archive:
             else:
                 domains.start_defined(self.libvirt, c.domain)
             try:
-                bound = forwards.add(self.libvirt, c.domain,
-                                     [forwards.Forward("tcp", "127.0.0.1", 0, 22)])
+                bound = forwards.add(self.libvirt, c.domain, [forwards.agent_forward()])
                 self.paths.container_ssh_port(c.id).write_text(str(bound[0].host_port))
                 agent = guestops.connect_agent(self.ctx, replace(c, active=True, paused=False),
                                                direct=True)

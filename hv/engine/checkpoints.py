@@ -155,7 +155,8 @@ class Checkpoints:
         for f in (self.paths.container_ssh_port(cid), self.paths.container_ports(cid)):
             f.unlink(missing_ok=True)
         self.paths.container_started(cid).write_text(f"{time.time():.9f}")
-        bound = domains.restore(self.libvirt, str(path / "state"), c.domain, _forwards(c.record))
+        bound = domains.restore(self.libvirt, str(path / "state"), c.domain,
+                                _forwards(c.record, not self._restricted(c.record)))
         self._note_forwards(c.record, bound)
         (self.paths.container_dir(cid) / MARK).unlink(missing_ok=True)
         restart.clear_user_stop(self.paths, cid)

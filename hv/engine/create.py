@@ -248,7 +248,7 @@ class Creating:
                   self.paths.container_dir(cid) / "checkpointed"):  # hv.engine.checkpoints
             f.unlink(missing_ok=True)
         self.paths.container_started(cid).write_text(f"{time.time():.9f}")
-        wanted = _forwards(record)
+        wanted = _forwards(record, not self._restricted(record))
         if xml is not None:
             bound = domains.start(self.libvirt, xml, record.domain_name,
                                   persistent=not record.auto_remove,
@@ -263,8 +263,9 @@ class Creating:
         """The agent's SSH port and -p's host ports as QEMU bound them (`_forwards`)."""
         cid = record.id
         self.paths.container_ssh_port(cid).write_text(str(bound[0].host_port))
+        published = record.ports if bound[1:] else []  # none without a way out (`_forwards`)
         self.paths.container_ports(cid).write_text(json.dumps([
-            dict(p, host_port=b.host_port) for p, b in zip(record.ports, bound[1:], strict=True)
+            dict(p, host_port=b.host_port) for p, b in zip(published, bound[1:], strict=True)
         ]))
 
     def _sweep_links(self, existing: list[Container]) -> None:
@@ -354,13 +355,15 @@ class Creating:
             marker.write_text(text + "\n")
 
 
-def _forwards(record: Record) -> list:
-    """What a boot forwards on the user-mode NIC: the agent's SSH, then each `-p`."""
+def _forwards(record: Record, published: bool = True) -> list:
+    """What a boot forwards: the agent's SSH on its NIC, then each `-p` on the workload's
+    user-mode NIC. `published` False: the container has none (`--internal` only, `none`),
+    and, as on Docker, its -p publishes nothing."""
     from hv.runtime import forwards
 
-    return [forwards.Forward("tcp", "127.0.0.1", 0, 22)] + [
+    return [forwards.agent_forward()] + [
         forwards.Forward(p["proto"], p["host_ip"], p["host_port"], p["container_port"])
-        for p in record.ports]
+        for p in (record.ports if published else [])]
 
 
 def _resolv_conf(record: Record, embedded: bool = False) -> str | None:

@@ -256,7 +256,8 @@ class Networks:
     def _nics_mark(interfaces: list, restrict: bool) -> dict:
         """What the domain was defined with (`nics.defined`), to tell at a start whether a
         connect/disconnect since then needs the domain defined again."""
-        return {"nics": [[i.tap, i.mac] for i in interfaces], "restrict": restrict}
+        return {"nics": [[i.tap, i.mac] for i in interfaces], "restrict": restrict,
+                "layout": 2}  # 2: the agent's own user-mode NIC (a domain before it: redefined)
 
     def _guest_network(self, record: Record) -> tuple[list | None, str | None]:
         """The seed's `nics` and `hosts` (None, None: the agent's defaults)."""

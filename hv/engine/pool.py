@@ -284,7 +284,7 @@ class Pooling:
             _reserve(pp.container_console(cid), 64 * 1024)
             pp.container_status(cid).write_bytes(b"")
             bound = domains.start(self.libvirt, xml, record.domain_name, persistent=False,
-                                  forwards=[forwards.Forward("tcp", "127.0.0.1", 0, 22)])
+                                  forwards=[forwards.agent_forward()])
             pp.container_ssh_port(cid).write_text(str(bound[0].host_port))
             (folder / "image").write_text(image.id)
         except BaseException:

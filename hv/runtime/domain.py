@@ -101,47 +101,50 @@ class FileSerial:
         _sub(serial, "target", port="0")
 
 
+AGENT_MAC = "52:54:00:68:76:01"  # the guest keeps this NIC in its root namespace (netns.c)
+USER_MAC = "52:54:00:68:76:02"  # this one goes into the container's network namespace
+AGENT_NETDEV = "hvagent"  # never one of libvirt's ids (hostnet0, hostua-…)
+
+
 @dataclass
 class UserNetwork:
-    """SLIRP user networking: works unprivileged, no bridge, no vhost.
+    """QEMU user networking (SLIRP; unprivileged, no bridge, no vhost): two NICs, each its own
+    SLIRP stack (docs/networks.md, "Two user-mode NICs").
 
-    `restrict`: QEMU's `restrict=on`, the guest reaches neither the host nor the outside
-    while explicit host forwards (the agent's SSH, `-p`) keep working — what `--internal`
-    and `--network none` mean. libvirt 9.0's <interface type='user'> cannot say it, so the
-    NIC is then given to QEMU directly, under libvirt's netdev id for a first interface
-    (`hostnet0`, where hv.runtime.forwards adds the forwards)."""
+    The agent's NIC carries hv's SSH forward and nothing else: `restrict=on` (no host, no
+    outside), given to QEMU directly since libvirt 9.0's <interface type='user'> cannot say
+    it, on the last slot of pc's bus (libvirt fills it only past 29 devices). The guest keeps
+    it in its root namespace, out of the workload's sight.
+    The workload's NIC (libvirt's first <interface>, netdev hostnet0, where -p forwards go)
+    is its way out; `restrict`: none (`--internal` networks only, or `none`)."""
 
     model: str = "virtio"
     restrict: bool = False
 
     def element(self, devices: ET.Element) -> None:
         if self.restrict:
-            return  # see qemu_args
+            return
         iface = _sub(devices, "interface", type="user")
+        _sub(iface, "mac", address=USER_MAC)
         _sub(iface, "model", type=self.model)
         _sub(iface, "rom", enabled="no")  # the iPXE option ROM costs ~0.1 s of boot, unused
 
     def qemu_args(self) -> list[str]:
-        if not self.restrict:
-            return []
-        # QEMU places it before libvirt's devices (which carry fixed addresses from slot 2
-        # up): the last slot of pc's bus, which libvirt fills only past 29 devices
-        return ["-netdev", "user,id=hostnet0,restrict=on",
-                "-device", "virtio-net-pci,netdev=hostnet0,id=hv-user-nic,romfile=,"
-                           "bus=pci.0,addr=0x1f"]
+        return ["-netdev", f"user,id={AGENT_NETDEV},restrict=on",
+                "-device", f"virtio-net-pci,netdev={AGENT_NETDEV},id=hv-agent-nic,"
+                           f"mac={AGENT_MAC},romfile=,bus=pci.0,addr=0x1f"]
 
 
 @dataclass
 class EthernetInterface:
     """A NIC on an hv network: a tap hv made beforehand (the embedded driver has no network
     driver), so libvirt only opens it (`managed='no'`) and never creates or deletes it. The
-    guest agent finds the NIC by its MAC. The user-mode NIC stays first and keeps the
-    agent's SSH, -p and outbound traffic."""
+    guest agent finds the NIC by its MAC and moves it into the container's network
+    namespace."""
 
     tap: str
     mac: str
     model: str = "virtio"
-    alias: str | None = None  # "ua-…": its netdev is then "host" + alias, never hostnet0
 
     def element(self, devices: ET.Element) -> None:
         iface = _sub(devices, "interface", type="ethernet")
@@ -149,8 +152,6 @@ class EthernetInterface:
         _sub(iface, "target", dev=self.tap, managed="no")
         _sub(iface, "model", type=self.model)
         _sub(iface, "rom", enabled="no")
-        if self.alias:
-            _sub(iface, "alias", name=self.alias)
 
     def to_xml(self) -> str:
         """The <interface> alone, for a hot-plug (libvirt attachDevice)."""
@@ -287,12 +288,9 @@ class DomainSpec:
         for fs in self.filesystems:
             fs.element(devices)
         _sub(devices, "controller", type="usb", model="none")
-        restricted = self.network is not None and self.network.restrict
         if self.network is not None:
             self.network.element(devices)
-        for n, iface in enumerate(self.interfaces):
-            if restricted and not iface.alias:  # libvirt would call the first one hostnet0
-                iface = EthernetInterface(iface.tap, iface.mac, iface.model, f"ua-hvnic{n}")
+        for iface in self.interfaces:
             iface.element(devices)
         if self.serial is not None:
             self.serial.element(devices)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hv.errors import Conflict, RuntimeFailure
 from hv.runtime.connection import Libvirt, attempt, first_line, lookup
 
-NETDEV = "hostnet0"  # libvirt's id for the first <interface>
+NETDEV = "hostnet0"  # libvirt's id for the first <interface>: the workload's user-mode NIC
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,14 @@ class Forward:
     host_ip: str
     host_port: int  # 0 = any free port
     guest_port: int
+    netdev: str = NETDEV  # which user-mode NIC (QEMU netdev id)
+
+
+def agent_forward() -> Forward:
+    """The agent's SSH, on its own restricted NIC (hv.runtime.domain.UserNetwork)."""
+    from hv.runtime.domain import AGENT_NETDEV
+
+    return Forward("tcp", "127.0.0.1", 0, 22, AGENT_NETDEV)
 
 
 def _hmp(dom, command: str) -> str:
@@ -38,7 +46,20 @@ _ROW = re.compile(r"^\s*(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+
 def parse_usernet(text: str) -> list[Forward]:
     """Rows of `info usernet` that are host forwards."""
     return [Forward(m.group(1).lower(), _ip(m.group(2)), int(m.group(3)),
-                    int(m.group(4))) for m in _ROW.finditer(text)]
+                    int(m.group(4)), netdev) for netdev, body in _sections(text)
+            for m in _ROW.finditer(body)]
+
+
+_HUB = re.compile(r"^Hub -?\d+ \((\S+)\):", re.M)
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """`info usernet` per netdev: its `Hub N (ID):` header, then its table."""
+    heads = list(_HUB.finditer(text))
+    if not heads:
+        return [(NETDEV, text)]
+    return [(h.group(1), text[h.end():nxt.start() if nxt else len(text)])
+            for h, nxt in zip(heads, [*heads[1:], None], strict=True)]
 
 
 def _add(conn, name: str, forwards: list[Forward]) -> list[Forward]:
@@ -58,7 +79,7 @@ def add_on(dom, forwards: list[Forward], fresh: bool = False) -> list[Forward]:
     before = set() if fresh or not forwards else set(parse_usernet(_hmp(dom, "info usernet")))
     for fw in forwards:
         spec = f"{fw.proto}:{fw.host_ip}:{fw.host_port}-:{fw.guest_port}"
-        out = attempt(lambda s=spec: _hmp(dom, f"hostfwd_add {NETDEV} {s}"),
+        out = attempt(lambda s=spec, n=fw.netdev: _hmp(dom, f"hostfwd_add {n} {s}"),
                       doing=f"cannot forward {spec}")
         if out.strip():
             where = f"{fw.host_ip}:{fw.host_port}"
@@ -66,7 +87,8 @@ def add_on(dom, forwards: list[Forward], fresh: bool = False) -> list[Forward]:
                 f"Bind for {where} failed: port is already allocated ({first_line(out)})",
                 hint="choose another host port with -p HOSTPORT:CONTAINERPORT")
         after = set(parse_usernet(_hmp(dom, "info usernet")))
-        new = [f for f in after - before if f.proto == fw.proto and f.guest_port == fw.guest_port]
+        new = [f for f in after - before if f.proto == fw.proto and f.guest_port == fw.guest_port
+               and f.netdev == fw.netdev]
         before = after
         if not new:
             raise RuntimeFailure(f"QEMU did not report the forward {spec}")

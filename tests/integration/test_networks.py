@@ -330,8 +330,8 @@ def host_listener():
     srv.close()
 
 
-def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox,
-                                                                      host_listener):
+def test_internal_and_none_have_no_way_out_but_names_and_exec_work(hv, busybox,
+                                                                    host_listener):
     probe = f"nc -w 3 10.0.2.2 {host_listener} </dev/null; echo probed"
     # the probe can succeed: a container on the default bridge reaches the host's listener
     p = hv("run", "--rm", busybox, "sh", "-c", probe)
@@ -354,18 +354,10 @@ def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox
         assert p.returncode != 0 and "SERVFAIL" in p.stdout + p.stderr, (p.stdout, p.stderr)
         assert time.monotonic() - t0 < 5
         assert "Address: 10.233.0." in sh(hv, "nt-isrv", "nslookup nt-isrv").stdout
-        port = hv("port", "nt-isrv", "8080", check=True).stdout.split(":")[-1].strip()
-        # -p's forward; SERVE answers one client at a time (3 s each) and the peer above
-        # may still hold it: a connection the guest refuses reads as EOF, so try again
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as c:
-                c.settimeout(30)
-                got = c.recv(64)
-            if got or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert got.startswith(b"hello-from-"), got
+        # it sees its one network and no user-mode NIC; as on Docker, -p publishes nothing
+        assert nic_names(sh(hv, "nt-isrv", "ip -o link").stdout) == ["lo", "eth0"]
+        p = hv("port", "nt-isrv", "8080")
+        assert p.returncode == 1 and "No public port '8080/tcp'" in one_error(p), p.stderr
         # connected to a normal network as well, a container gets its way out (the domain
         # is defined again at its start), and loses it when that network goes
         hv("network", "create", "--subnet", "10.234.0.0/24", "nt-ext", check=True)
@@ -386,6 +378,41 @@ def test_internal_and_none_have_no_way_out_but_names_exec_and_p_work(hv, busybox
         hv("network", "rm", "nt-int")
     p = hv("run", "--rm", "--network", "none", busybox, "sh", "-c", probe)
     assert p.stdout.splitlines() == ["probed"], p.stderr
+    p = hv("run", "--rm", "--network", "none", busybox, "ip", "-o", "link")
+    assert nic_names(p.stdout) == ["lo"], p.stdout  # Docker's none: loopback alone
+
+
+def nic_names(ip_link: str) -> list[str]:
+    """Interfaces of `ip -o link`, without the sit0 that any namespace gets from the
+    kernel's built-in sit driver (Docker's containers show it too)."""
+    names = [line.split(":")[1].strip().split("@")[0] for line in ip_link.splitlines()
+             if ":" in line]
+    return [n for n in names if n != "sit0"]
+
+
+def test_the_workload_sees_its_own_nics_and_not_the_agents(hv, busybox):
+    """The agent's user-mode NIC (hv's SSH) stays in the guest's root namespace: the main
+    process and every exec see loopback, their user-mode NIC (the way out, -p) and their
+    networks' NICs, and nothing listens on their port 22 while `exec` itself goes through
+    the agent's sshd."""
+    hv("run", "-d", "--name", "nt-view", "-p", "127.0.0.1::8080", busybox, "sh", "-c",
+       f"ip -o link > /tmp/main.txt; {SERVE}", check=True)
+    try:
+        for text in (sh(hv, "nt-view", "cat /tmp/main.txt").stdout,
+                     sh(hv, "nt-view", "ip -o link").stdout):
+            assert nic_names(text) == ["lo", "eth0", "eth1"], text
+        addrs = sh(hv, "nt-view", "ip -o -4 addr").stdout
+        assert "10.0.2.15/24" in addrs and "172.17." in addrs, addrs
+        p = sh(hv, "nt-view", "netstat -ltn; nc -w 2 127.0.0.1 22 </dev/null; "
+                              "nc -w 2 10.0.2.15 22 </dev/null; echo done")
+        assert ":22 " not in p.stdout and "SSH-" not in p.stdout, p.stdout
+        assert p.stdout.endswith("done\n")
+        port = hv("port", "nt-view", "8080", check=True).stdout.split(":")[-1].strip()
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as c:
+            c.settimeout(30)
+            assert c.recv(64).startswith(b"hello-from-")
+    finally:
+        hv("rm", "-f", "nt-view")
 
 
 def test_run_network_refusals_exit_125_and_leave_nothing(hv, busybox):

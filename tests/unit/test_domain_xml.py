@@ -100,7 +100,7 @@ def test_golden_with_network_interfaces():
         GOLDEN_NETWORKS.write_text(xml)
     assert xml == GOLDEN_NETWORKS.read_text()
     ifaces = ET.fromstring(xml).findall("devices/interface")
-    # the user-mode NIC stays first: the agent's SSH, -p and outbound use it
+    # the workload's user-mode NIC stays libvirt's first (hostnet0): -p and outbound use it
     assert [i.get("type") for i in ifaces] == ["user", "ethernet", "ethernet"]
     assert ifaces[1].find("target").attrib == {"dev": "hvt-0123abcd-0", "managed": "no"}
     assert ifaces[1].find("mac").get("address") == "02:42:ac:12:00:02"
@@ -114,29 +114,49 @@ def test_interface_alone_for_hotplug():
     assert el.find("model").get("type") == "virtio"
 
 
-def test_restricted_user_nic_is_qemus_own_under_libvirts_first_netdev_id():
-    """--internal / none: QEMU's restrict=on (libvirt cannot say it), the netdev keeps the id
-    the host forwards use, and the hv NICs get aliases so libvirt names no netdev hostnet0."""
-    from hv.runtime.domain import QEMU_NS, EthernetInterface
-    from hv.runtime.forwards import NETDEV
+def test_agent_nic_is_qemus_own_restricted_and_the_workloads_is_libvirts_first():
+    """The agent's SSH has a NIC of its own: QEMU's restrict=on (libvirt cannot say it) under
+    an id libvirt never uses, with the MAC the guest keeps out of the container's network
+    namespace. The workload's user-mode NIC is libvirt's first (hostnet0, where -p goes),
+    and absent for --internal only or none."""
+    from hv.runtime.domain import AGENT_MAC, AGENT_NETDEV, QEMU_NS, USER_MAC, EthernetInterface
+    from hv.runtime.forwards import NETDEV, agent_forward
 
     spec = make()
-    spec.network = UserNetwork(restrict=True)
     spec.interfaces = [EthernetInterface("hvt-0123abcd-0", "02:42:ac:12:00:02"),
                        EthernetInterface("hvt-0123abcd-1", "02:42:ac:13:00:05")]
-    dom = ET.fromstring(spec.to_xml())
-    ifaces = dom.findall("devices/interface")
-    assert [i.get("type") for i in ifaces] == ["ethernet", "ethernet"]
-    assert [i.find("alias").get("name") for i in ifaces] == ["ua-hvnic0", "ua-hvnic1"]
-    args = [a.get("value") for a in dom.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
-    netdev = args[args.index("-netdev") + 1]
-    assert netdev == f"user,id={NETDEV},restrict=on"
-    device = args[args.index("-device") + 1]
-    assert f"netdev={NETDEV}" in device and "addr=0x1f" in device
-    assert args[:2] == ["-action", "shutdown=poweroff"]  # hv's own arguments stay
-    # unrestricted: libvirt's <interface type='user'> as before, no alias on the others
-    spec.network = UserNetwork()
-    dom = ET.fromstring(spec.to_xml())
-    assert [i.get("type") for i in dom.findall("devices/interface")] == ["user", "ethernet",
-                                                                           "ethernet"]
-    assert dom.find("devices/interface/alias") is None
+    for restrict in (False, True):
+        spec.network = UserNetwork(restrict=restrict)
+        dom = ET.fromstring(spec.to_xml())
+        args = [a.get("value")
+                for a in dom.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+        assert args[:2] == ["-action", "shutdown=poweroff"]  # hv's own arguments stay
+        assert args[args.index("-netdev") + 1] == f"user,id={AGENT_NETDEV},restrict=on"
+        device = args[args.index("-device") + 1]
+        assert f"netdev={AGENT_NETDEV}" in device and f"mac={AGENT_MAC}" in device
+        assert "addr=0x1f" in device
+        ifaces = dom.findall("devices/interface")
+        assert dom.find("devices/interface/alias") is None
+        if restrict:
+            assert [i.get("type") for i in ifaces] == ["ethernet", "ethernet"]
+        else:
+            assert [i.get("type") for i in ifaces] == ["user", "ethernet", "ethernet"]
+            assert ifaces[0].find("mac").get("address") == USER_MAC
+    assert AGENT_NETDEV != NETDEV and agent_forward().netdev == AGENT_NETDEV
+
+
+def test_usernet_rows_are_told_apart_by_netdev():
+    """`info usernet` lists each SLIRP stack under its hub: an agent forward to port 22 and
+    a `-p 2222:22` are different rows."""
+    from hv.runtime.forwards import Forward, parse_usernet
+
+    text = (
+        "Hub -1 (hvagent):\n"
+        "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
+        "  TCP[HOST_FORWARD]  13       127.0.0.1 40001       10.0.2.15    22     0     0\n"
+        "Hub -1 (hostnet0):\n"
+        "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
+        "  TCP[HOST_FORWARD]  14               * 2222       10.0.2.15    22     0     0\n"
+        "  UDP[236 sec]       15       10.0.2.15 41000        10.0.2.3    53     0     0\n")
+    assert parse_usernet(text) == [Forward("tcp", "127.0.0.1", 40001, 22, "hvagent"),
+                                   Forward("tcp", "0.0.0.0", 2222, 22, "hostnet0")]

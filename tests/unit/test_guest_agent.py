@@ -1,6 +1,8 @@
-"""The guest agent's embedded resolver (guest-images/agent/dns.c), built from its source and
-run on the host's loopback: names of the hosts file answered, others forwarded to an
-upstream (a fake one here, on loopback) and their answers returned under the asker's id."""
+"""Parts of the guest agent built from their source and run on the host: the embedded
+resolver (dns.c) on the host's loopback (names of the hosts file answered, others forwarded
+to an upstream, a fake one on loopback, and their answers returned under the asker's id),
+and the move of a NIC into a network namespace (netns.c) with a veth pair that has no
+address and lives only for the test."""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def agent_binary(tmp_path_factory) -> Path:
         pytest.fail("gcc is missing: 'make setup' installs it (guest-images/build.sh needs it)")
     out = tmp_path_factory.mktemp("agent") / "hv-init"
     subprocess.run(["gcc", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                    *(str(AGENT / f) for f in ("hv-init.c", "proc.c", "session.c", "dns.c"))],
+                    *map(str, sorted(AGENT.glob("*.c")))],
                    check=True, capture_output=True, text=True)
     return out
 
@@ -168,3 +170,54 @@ def test_without_an_upstream_other_names_fail_at_once(agent_binary, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+NICS_SCRIPT = r"""
+set -e
+mount -t tmpfs hv-test /run && mkdir -p /run/hv
+veth() { ip link add "$1" address "$2" type veth peer name "$1-p"; }
+veth ag 52:54:00:68:76:01; veth us 52:54:00:68:76:02; veth n1 02:42:ac:12:00:02
+printf '%s\0' 02:42:ac:12:00:02 172.18.0.2/16 | "$AGENT" --nics --boot
+echo ROOT; ip -o -4 addr; ip -o link
+echo NS; nsenter --net=/run/hv/netns sh -c 'ip -o -4 addr; ip route; ip -o link'
+# a connect: the new NIC shows up in the root namespace under a name taken inside
+ip link add n1 address 02:42:ac:13:00:05 type veth peer name n2-p
+printf '%s\0' 02:42:ac:12:00:02 172.18.0.2/16 02:42:ac:13:00:05 10.9.0.3/24 | "$AGENT" --nics
+echo CONNECTED; nsenter --net=/run/hv/netns ip -o -4 addr
+# a disconnect: the first network's NIC loses its address and goes down
+printf '%s\0' 02:42:ac:13:00:05 10.9.0.3/24 | "$AGENT" --nics
+echo DISCONNECTED; nsenter --net=/run/hv/netns sh -c 'ip -o -4 addr; ip -o link show n1'
+"""
+
+
+def test_nics_make_the_namespace_and_keep_the_agents_nic_out_of_it(agent_binary):
+    """`hv-init --nics` as the guest runs it, in a scratch network and mount namespace of
+    the host (veths with the guest's MACs, nothing on the host's own network): at boot every
+    NIC but the agent's moves into the container's namespace, the listed ones get their
+    address and the workload's user-mode NIC SLIRP's address and default route; then a
+    connect (the new NIC renamed, its root-namespace name being taken inside) and a
+    disconnect (address gone, link down)."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (CI runs as root) to make network namespaces and veths")
+    p = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private",
+                        "sh", "-c", NICS_SCRIPT], capture_output=True, text=True,
+                       env={**os.environ, "AGENT": str(agent_binary)}, timeout=60)
+    assert p.returncode == 0, p.stderr
+    root, rest = p.stdout.split("\nNS\n")
+    ns, rest = rest.split("\nCONNECTED\n")
+    connected, disconnected = rest.split("\nDISCONNECTED\n")
+
+    def addrs(text: str) -> dict[str, str]:
+        return {ln.split()[1]: ln.split()[3] for ln in text.splitlines() if " inet " in ln}
+
+    def links(text: str) -> list[str]:
+        return [ln.split(":")[1].strip().split("@")[0] for ln in text.splitlines()
+                if ln[:1].isdigit() and "link/" in ln]
+
+    assert addrs(root) == {"lo": "127.0.0.1/8", "ag": "10.0.2.15/24"}, root
+    assert links(root) == ["lo", "ag"], root  # every other NIC went into the namespace
+    assert addrs(ns) == {"lo": "127.0.0.1/8", "us": "10.0.2.15/24", "n1": "172.18.0.2/16"}
+    assert "default via 10.0.2.2 dev us" in ns, ns
+    assert addrs(connected)["eth0"] == "10.9.0.3/24", connected
+    assert "n1" not in addrs(disconnected) and addrs(disconnected)["eth0"] == "10.9.0.3/24"
+    assert ",UP" not in disconnected.splitlines()[-1].split(">")[0], disconnected
